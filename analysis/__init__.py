@@ -1,0 +1,1 @@
+"""Reads studies back from MLflow (never imports the trainer): Pareto fronts, plots, tables."""

@@ -1,0 +1,127 @@
+"""The Pareto front of clean vs robust accuracy of a study, read from MLflow only.
+
+`python -m analysis.pareto --tracking-uri URI --experiment NAME` writes front.csv and front.png
+(every trial coloured by method, the front as a step line) and logs the PNG to the study run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from analysis.records import ROBUST_METRIC_TAG, find_study_run, trial_runs  # noqa: E402
+
+CLEAN = "metrics.clean_acc"
+ROBUST = "metrics.robust_acc"
+
+
+def pareto_front(trials: pd.DataFrame, x: str = CLEAN, y: str = ROBUST) -> pd.DataFrame:
+    """The trials that ran the full budget and that no other such trial beats on both x and y
+    (maximized), sorted by x. ASHA-stopped, failed and unfinished trials are never on it."""
+    if trials.empty:
+        return trials
+    done = trials[(trials["budget"] == "full") & (trials["status"] == "FINISHED")].dropna(subset=[x, y])
+    keep = []
+    for i, row in done.iterrows():
+        others = done.drop(index=i)
+        at_least = (others[x] >= row[x]) & (others[y] >= row[y])
+        dominated = (at_least & ((others[x] > row[x]) | (others[y] > row[y]))).any()
+        if not dominated:
+            keep.append(i)
+    return done.loc[keep].sort_values(x)
+
+
+def hyperparameters(row: pd.Series) -> str:
+    """`epsilon=0.7, steps=5` from the run's `params.{method}.*` columns."""
+    prefix = f"params.{row['method']}."
+    items = [(k[len(prefix):], v) for k, v in row.items() if k.startswith(prefix) and pd.notna(v)]
+    return ", ".join(f"{k}={format_value(v)}" for k, v in sorted(items))
+
+
+def format_value(value: str) -> str:
+    try:
+        return f"{float(value):.4g}" if value not in ("True", "False") else value
+    except ValueError:
+        return value
+
+
+def front_table(front: pd.DataFrame) -> pd.DataFrame:
+    """The front as the columns a reader wants: method, hyperparameters, clean_acc, robust_acc."""
+    return pd.DataFrame({
+        "method": front["method"],
+        "hyperparameters": [hyperparameters(row) for _, row in front.iterrows()],
+        "clean_acc": front[CLEAN],
+        "robust_acc": front[ROBUST],
+        "run_id": front["run_id"],
+    }).reset_index(drop=True)
+
+
+def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, path: Path) -> None:
+    """Every trial coloured by method (stopped-early ones hollow), the front as a step line."""
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for method, group in trials.dropna(subset=[CLEAN, ROBUST]).groupby("method"):
+        full = group["budget"] == "full"
+        points = ax.scatter(group.loc[full, CLEAN], group.loc[full, ROBUST], label=method, s=36)
+        ax.scatter(group.loc[~full, CLEAN], group.loc[~full, ROBUST], s=36,
+                   facecolors="none", edgecolors=points.get_facecolor())
+    if not front.empty:
+        ax.step(front[CLEAN], front[ROBUST], where="pre", color="black", lw=1.2, label="Pareto front")
+    ax.set_xlabel("clean accuracy")
+    ax.set_ylabel(f"robust accuracy ({robust_label(robust_metric)})")
+    ax.set_title("clean vs robust accuracy (hollow: stopped early)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def robust_label(metric: str) -> str:
+    """`pgd_l2_eps0.5_acc` -> `pgd_l2, eps = 0.5`."""
+    attack, sep, rest = metric.partition("_eps")
+    return f"{attack}, eps = {rest.removesuffix('_acc')}" if sep else metric
+
+
+def study_front(client: MlflowClient, parent_run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(all trials, the front, the primary robust metric) of one study run."""
+    trials = trial_runs(client, parent_run_id)
+    robust_metric = client.get_run(parent_run_id).data.tags.get(ROBUST_METRIC_TAG, "robust_acc")
+    return trials, pareto_front(trials), robust_metric
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.pareto", description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--parent-run", help="the study run id (default: the newest study run)")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for front.csv and front.png")
+    args = parser.parse_args(argv)
+    client = MlflowClient(args.tracking_uri)
+    try:
+        parent = find_study_run(client, args.experiment, args.parent_run)
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    trials, front, robust_metric = study_front(client, parent)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = front_table(front)
+    table.to_csv(args.out / "front.csv", index=False)
+    plot_front(trials, front, robust_metric, args.out / "front.png")
+    client.log_artifact(parent, str(args.out / "front.png"), "analysis")
+    client.log_artifact(parent, str(args.out / "front.csv"), "analysis")
+    print(f"{len(trials)} trials, {len(front)} on the front ({robust_label(robust_metric)}):")
+    print(table.drop(columns="run_id").to_string(index=False))
+    print(f"wrote {args.out / 'front.csv'} and {args.out / 'front.png'}; logged to run {parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

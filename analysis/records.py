@@ -1,0 +1,55 @@
+"""How a study is laid out in MLflow: the tags the launcher writes and the analysis reads."""
+
+from __future__ import annotations
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+PARENT_TAG = "mlflow.parentRunId"
+STUDY_TAG = "robust_study.study"
+TRIAL_TAG = "robust_study.trial_id"
+METHOD_TAG = "robust_study.method"
+BUDGET_TAG = "robust_study.budget"
+ROBUST_METRIC_TAG = "robust_study.robust_metric"
+FAILURE_TAG = "robust_study.failure"
+
+
+def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> str:
+    """The study's parent run: `parent_run_id` if given, else the newest study run of `experiment`."""
+    if parent_run_id is not None:
+        return parent_run_id
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r}")
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{STUDY_TAG}` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise LookupError(f"experiment {experiment!r} holds no study run")
+    return runs[0].info.run_id
+
+
+def trial_runs(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
+    """One row per trial run of the study: run_id, status, method, budget, hyperparameters
+    (`params.*`) and the last value of each metric (`metrics.*`)."""
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+        max_results=50000,
+    )
+    rows = []
+    for run in runs:
+        row = {
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "method": run.data.tags.get(METHOD_TAG, ""),
+            "budget": run.data.tags.get(BUDGET_TAG, ""),
+        }
+        row.update({f"params.{k}": v for k, v in run.data.params.items()})
+        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)

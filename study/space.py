@@ -1,0 +1,54 @@
+"""The Optuna define-by-run search space, read from the methods' declarations.
+
+`method` is categorical; then the chosen method's hyperparameters are suggested under the
+names `{method}/{param}`, which Ray unflattens into `config[method][param]`. Fixed values are
+returned as constants so every trial's config holds all of its method's hyperparameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from trainables.core.params import Param
+
+
+def suggest(trial: optuna.Trial, name: str, param: Param) -> Any:
+    if param.choices is not None:
+        return trial.suggest_categorical(name, list(param.choices))
+    if param.kind == "int":
+        return trial.suggest_int(name, int(param.low), int(param.high), log=param.log)
+    return trial.suggest_float(name, param.low, param.high, log=param.log)
+
+
+class MethodSearchSpace:
+    """A define-by-run function over `methods` (method name -> resolved hyperparameters); a
+    class rather than a closure so the searcher can be pickled into Tune's experiment state."""
+
+    def __init__(self, methods: dict[str, dict[str, Param]]) -> None:
+        self.methods = methods
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        names = list(self.methods)
+        constants: dict[str, Any] = {}
+        if len(names) > 1:
+            method = trial.suggest_categorical("method", names)
+        else:
+            method = constants["method"] = names[0]
+        for pname, param in self.methods[method].items():
+            key = f"{method}/{pname}"
+            if param.searchable:
+                suggest(trial, key, param)
+            else:
+                constants[key] = param.default
+        return constants
+
+
+def describe_space(methods: dict[str, dict[str, Param]]) -> str:
+    """The space as text, for --dry-run."""
+    lines = [f"method: one of {list(methods)}"]
+    for name, params in methods.items():
+        lines.append(f"  {name}:" + ("" if params else " (no hyperparameters)"))
+        lines += [f"    {pname}: {param.describe()}" for pname, param in params.items()]
+    return "\n".join(lines)

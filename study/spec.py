@@ -1,0 +1,169 @@
+"""A study spec: one YAML file naming the data, the model, the methods and their search ranges.
+
+`load_spec` validates everything before anything starts; every error names the key and what is
+allowed. The run sections (data, model, train, eval) are the core's own config types.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from trainables.core.methods import METHODS
+from trainables.core.params import Param
+from trainables.core.registry import ConfigError
+from trainables.core.schema import apply_overrides, parse, require, to_dict
+from trainables.core.train import RunSettings
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class MethodSpace:
+    """The methods a study compares, each with its hyperparameters resolved against the
+    method's declaration: a spec entry fixes a value (`lambda: 0.1`), gives a range
+    (`{low, high, log}`) or a list of choices; an omitted one keeps the declared default range."""
+
+    methods: dict[str, dict[str, Param]]
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_mapping(cls, data: Any, path: str) -> MethodSpace:
+        if not isinstance(data, dict) or not data:
+            raise ConfigError(f"{path}: expected a mapping of one or more methods; methods: {METHODS.names()}")
+        methods = {}
+        for name, overrides in data.items():
+            key = f"{path}.{name}"
+            declared = METHODS.get(name, key).params
+            overrides = overrides or {}
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"{key}: expected a mapping of hyperparameters, got {overrides!r}")
+            unknown = sorted(set(overrides) - set(declared))
+            if unknown:
+                raise ConfigError(
+                    f"{key}.{unknown[0]}: unknown hyperparameter of {name}; allowed: "
+                    f"{', '.join(declared) or '(none)'}"
+                )
+            methods[name] = {
+                p: param.override(overrides[p], f"{key}.{p}") if p in overrides else param
+                for p, param in declared.items()
+            }
+        return cls(methods, data)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return self.raw
+
+
+@dataclass
+class Objective:
+    metric: str
+    mode: Literal["max", "min"] = "max"
+
+
+@dataclass
+class SchedulerConfig:
+    """ASHA on one metric (epochs are its time unit), or `fifo` to run every trial to the end."""
+
+    kind: Literal["asha", "fifo"] = "asha"
+    metric: str = "robust_acc"
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = 1
+    reduction_factor: int = 3
+
+    def check(self, path: str) -> None:
+        require(self.grace_period >= 1, f"{path}.grace_period", f"must be >= 1, got {self.grace_period}")
+        require(self.reduction_factor >= 2, f"{path}.reduction_factor",
+                f"must be >= 2, got {self.reduction_factor}")
+
+
+@dataclass
+class SearchConfig:
+    num_samples: int = 8
+    max_concurrent: int = 2
+    seed: int = 0
+
+    def check(self, path: str) -> None:
+        require(self.num_samples >= 1, f"{path}.num_samples", f"must be >= 1, got {self.num_samples}")
+        require(self.max_concurrent >= 1, f"{path}.max_concurrent",
+                f"must be >= 1, got {self.max_concurrent}")
+
+
+@dataclass
+class ResourcesConfig:
+    """Per trial. A fractional `gpu` packs several trials on one GPU (0.25: four)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    def check(self, path: str) -> None:
+        require(self.cpu > 0, f"{path}.cpu", f"must be > 0, got {self.cpu}")
+        require(0 <= self.gpu and (self.gpu <= 1 or self.gpu == int(self.gpu)), f"{path}.gpu",
+                f"must be a fraction in [0, 1] or a whole number of GPUs, got {self.gpu}")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow experiment (default: the study's name); the URI comes from --tracking-uri."""
+
+    experiment: str | None = None
+
+
+@dataclass
+class StudySpec(RunSettings):
+    name: str = ""
+    methods: MethodSpace | None = None
+    objectives: list[Objective] = field(
+        default_factory=lambda: [Objective("clean_acc"), Objective("robust_acc")]
+    )
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def check(self, path: str) -> None:
+        require(bool(NAME_PATTERN.match(self.name)), "name",
+                f"{self.name!r}: needs letters, digits, '_', '.', '-' (a folder and experiment name)")
+        require(self.methods is not None, "methods", f"required; methods: {METHODS.names()}")
+        measured = self.eval.metric_names() + ["robust_acc", "train_loss"]
+        require(bool(self.objectives), "objectives", "needs at least one objective")
+        for i, objective in enumerate(self.objectives):
+            require(objective.metric in measured, f"objectives[{i}].metric",
+                    f"{objective.metric!r} is not measured; allowed: {', '.join(measured)}")
+        require(self.scheduler.metric in measured, "scheduler.metric",
+                f"{self.scheduler.metric!r} is not measured; allowed: {', '.join(measured)}")
+        if self.scheduler.kind == "asha":
+            require(self.eval.every == 1, "eval.every",
+                    "ASHA compares trials every epoch, so it needs eval.every: 1 (or scheduler.kind: fifo)")
+            require(self.scheduler.grace_period <= self.train.epochs, "scheduler.grace_period",
+                    f"{self.scheduler.grace_period} exceeds train.epochs ({self.train.epochs})")
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def settings(self) -> RunSettings:
+        """The part shared by every trial (what the trainable receives)."""
+        return RunSettings(data=self.data, model=self.model, train=self.train, eval=self.eval)
+
+    def to_yaml(self) -> str:
+        plain = to_dict(self)
+        return yaml.safe_dump({"name": plain.pop("name"), **plain}, sort_keys=False)
+
+
+def load_spec(path: Path, overrides: list[str] | None = None) -> StudySpec:
+    """Read, override (`key=value`) and validate a study spec; raises ConfigError."""
+    if not path.is_file():
+        raise ConfigError(f"spec: no such file {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"spec: {path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"spec: {path} must hold a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    raw.setdefault("name", path.stem)
+    return parse(StudySpec, raw, "")

@@ -1,0 +1,1 @@
+"""The Ray Tune trainable: a thin adapter over trainables.core."""

@@ -1,0 +1,1 @@
+"""The shared training core: data, models, methods, attacks, evaluation and the loop (pure torch)."""

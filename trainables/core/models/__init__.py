@@ -1,0 +1,77 @@
+"""Models by name. Every model takes inputs in [0, 1] and normalizes inside, so epsilons are in
+pixel units. A model module registers a factory `(info: DatasetInfo, **options) -> nn.Module`;
+its keyword options are what a spec's `model:` section may set."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables.core.data import DatasetInfo
+from trainables.core.registry import ConfigError, Registry
+
+ModelFactory = Callable[..., nn.Module]
+MODELS: Registry[ModelFactory] = Registry("model")
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, as the first layer of every model."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def model_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options of a registered model (its factory's parameters after `info`)."""
+    params = list(inspect.signature(MODELS.get(name)).parameters.values())[1:]
+    return {p.name: p for p in params}
+
+
+@dataclass
+class ModelConfig:
+    """`{name: cw_cnn, widths: mnist}`: the model's name and its options."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, data: Any, path: str) -> ModelConfig:
+        if not isinstance(data, dict) or "name" not in data:
+            raise ConfigError(f"{path}: expected a mapping with a `name`; models: {MODELS.names()}")
+        name = data["name"]
+        MODELS.get(name, f"{path}.name")
+        allowed = model_options(name)
+        options = {k: v for k, v in data.items() if k != "name"}
+        for key in options:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{path}.{key}: unknown option of model {name!r}; allowed: "
+                    f"{', '.join(allowed) or '(none)'}"
+                )
+        return cls(name, options)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
+    """The model `config.name` for inputs described by `info`."""
+    try:
+        return MODELS.get(config.name, "model.name")(info, **config.options)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"model: {config.name} with {config.options} cannot be built: {err}") from err
+
+
+from trainables.core.models import cw_cnn, mlp, resnet, vgg  # noqa: E402,F401  (register models)

@@ -1,0 +1,246 @@
+"""The training loop, top to bottom: build, (resume,) train an epoch, evaluate, report, repeat.
+
+Pure torch: no Ray, no MLflow. `fit` is what the Ray trainable calls; `python -m
+trainables.core.train RUN.yaml` runs one configuration from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from trainables.core.data import DataBundle, DataConfig, load_data, train_batches
+from trainables.core.evaluation import EvalConfig, evaluate
+from trainables.core.methods import METHODS, Method, StepContext, build_method, check_hparams
+from trainables.core.models import ModelConfig, build_model
+from trainables.core.registry import ConfigError
+from trainables.core.schema import apply_overrides, parse, require
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate multiplier as a function of the (fractional) epoch.
+
+    `step`: gamma ** floor(epoch / step_epochs). `piecewise_linear`: linear between
+    (milestones[i], values[i]), e.g. milestones [0, 5, 30], values [0.1, 1, 0] (a warm-up then decay).
+    """
+
+    kind: Literal["constant", "step", "piecewise_linear"] = "constant"
+    step_epochs: int = 30
+    gamma: float = 0.5
+    milestones: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def check(self, path: str) -> None:
+        require(self.step_epochs >= 1, f"{path}.step_epochs", f"must be >= 1, got {self.step_epochs}")
+        if self.kind == "piecewise_linear":
+            require(len(self.milestones) >= 2 and len(self.milestones) == len(self.values),
+                    f"{path}.milestones", "piecewise_linear needs >= 2 milestones and as many values")
+            require(all(a < b for a, b in zip(self.milestones, self.milestones[1:], strict=False)),
+                    f"{path}.milestones", f"must increase, got {self.milestones}")
+
+    def multiplier(self, epoch: float) -> float:
+        if self.kind == "step":
+            return self.gamma ** math.floor(epoch / self.step_epochs)
+        if self.kind == "piecewise_linear":
+            return float(np.interp(epoch, self.milestones, self.values))
+        return 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def check(self, path: str) -> None:
+        require(self.epochs >= 1, f"{path}.epochs", f"must be >= 1, got {self.epochs}")
+        require(self.batch_size >= 1, f"{path}.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, f"{path}.lr", f"must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunSettings:
+    """Everything about a training run except the method: shared by all trials of a study."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class MethodChoice:
+    """`{name: pgd_l2, epsilon: 0.5}`: one method with fixed hyperparameters."""
+
+    name: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, data: Any, path: str) -> MethodChoice:
+        if not isinstance(data, dict) or "name" not in data:
+            raise ConfigError(f"{path}: expected a mapping with a `name`; methods: {METHODS.names()}")
+        hparams = {k: v for k, v in data.items() if k != "name"}
+        return cls(data["name"], check_hparams(data["name"], hparams, path))
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {"name": self.name, **self.hparams}
+
+
+@dataclass
+class RunConfig(RunSettings):
+    """One configuration for `python -m trainables.core.train`."""
+
+    method: MethodChoice = field(default_factory=lambda: MethodChoice("clean"))
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or inf: the run cannot continue."""
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no GPU is visible")
+    return torch.device(choice)
+
+
+def make_optimizer(model: nn.Module, train: TrainConfig, method: Method) -> torch.optim.Optimizer:
+    wd = method.optimizer_weight_decay()
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=wd)
+    return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=wd)
+
+
+EpochCallback = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
+
+
+def fit(
+    settings: RunSettings,
+    method: Method,
+    data: DataBundle,
+    on_epoch: EpochCallback | None = None,
+    resume_from: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Train `method` under `settings` and return the model.
+
+    After each epoch, `on_epoch(metrics, snapshot)` is called; `snapshot()` returns the full
+    training state (model, optimizer, schedule, method state, RNG states, epoch), which
+    `resume_from` takes back so a resumed run continues exactly as if never stopped.
+    """
+    train = settings.train
+    device = resolve_device(train.device)
+    torch.manual_seed(train.seed)
+    model = build_model(settings.model, data.info).to(device)
+    data = data.to(device)
+    optimizer = make_optimizer(model, train, method)
+    steps_per_epoch = math.ceil(len(data.train_y) / train.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: train.schedule.multiplier(step / steps_per_epoch)
+    )
+    generator = torch.Generator(device=device).manual_seed(train.seed)
+    start_epoch = 0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        method.load_state_dict(resume_from["method"])
+        generator.set_state(resume_from["generator"])
+        torch.set_rng_state(resume_from["torch_rng"])
+        start_epoch = resume_from["epoch"]
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "method": method.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch + 1,
+        }
+
+    for epoch in range(start_epoch, train.epochs):
+        started = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for step, (x, y) in enumerate(train_batches(data, train.batch_size, settings.data.augment, generator)):
+            ctx = StepContext(epoch=epoch, step=epoch * steps_per_epoch + step, generator=generator)
+            loss = method.loss(model, x, y, ctx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            method.after_step(model, ctx)
+            loss_sum += loss.detach() * len(y)
+        train_loss = float(loss_sum) / len(data.train_y)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"train_loss became {train_loss} in epoch {epoch + 1}")
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - started,
+        }
+        if (epoch + 1) % settings.eval.every == 0 or epoch + 1 == train.epochs:
+            eval_started = time.perf_counter()
+            metrics.update(evaluate(model, data, settings.eval))
+            metrics["eval_time_s"] = time.perf_counter() - eval_started
+        if on_epoch is not None:
+            on_epoch(metrics, snapshot)
+    return model
+
+
+def load_run_config(path: Path, overrides: list[str]) -> RunConfig:
+    """A run YAML (data, model, train, eval, method sections) with `--set` overrides applied."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    return parse(RunConfig, apply_overrides(raw, overrides), "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainables.core.train", description="Train one configuration, without Ray."
+    )
+    parser.add_argument("config", type=Path, help="run YAML: data, model, train, eval, method")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--save", type=Path, help="write the final training state here (torch.save)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_run_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    method = build_method(config.method.name, config.method.hparams)
+    data = load_data(config.data)
+    final: dict[str, Any] = {}
+
+    def report(metrics: dict[str, float], snapshot: Callable[[], dict[str, Any]]) -> None:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
+              flush=True)
+        final["snapshot"] = snapshot
+
+    fit(config, method, data, on_epoch=report)
+    if args.save:
+        torch.save(final["snapshot"](), args.save)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

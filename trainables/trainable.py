@@ -1,0 +1,49 @@
+"""The Ray Tune function trainable: a thin adapter from a trial's config to `core.fit`.
+
+One `tune.report` per epoch with the epoch's metrics and a checkpoint holding the full training
+state (`state.pt`) and the model weights alone (`model.pt`, what MLflow stores at the end).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from trainables.core.data import DataBundle
+from trainables.core.methods import build_method
+from trainables.core.train import RunSettings, fit
+
+STATE_FILE = "state.pt"
+MODEL_FILE = "model.pt"
+
+
+def trial_threads() -> int:
+    """The CPUs Ray reserved for this trial (at least 1), for torch's intra-op threads."""
+    resources = tune.get_context().get_trial_resources().required_resources
+    return max(1, int(resources.get("CPU", 1)))
+
+
+def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle) -> None:
+    """Train the method that `config` names (`{"method": m, m: {hyperparameters}}`)."""
+    torch.set_num_threads(trial_threads())
+    name = config["method"]
+    method = build_method(name, config.get(name, {}))
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_from = torch.load(Path(folder) / STATE_FILE, weights_only=True)
+
+    def report(metrics: dict[str, float], snapshot: Callable[[], dict[str, Any]]) -> None:
+        state = snapshot()
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / STATE_FILE)
+            torch.save(state["model"], Path(folder) / MODEL_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    fit(settings, method, data, on_epoch=report, resume_from=resume_from)
