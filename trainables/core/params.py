@@ -42,7 +42,8 @@ class Param:
                 raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {list(self.choices)}")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a {self.kind}, got {value!r}")
+            article = "an" if self.kind == "int" else "a"
+            raise ConfigError(f"{key}: expected {article} {self.kind}, got {value!r}")
         if self.kind == "int" and value != int(value):
             raise ConfigError(f"{key}: expected an int, got {value!r}")
         if self.minimum is not None and value < self.minimum:

@@ -7,6 +7,7 @@ trainables.core.train RUN.yaml` runs one configuration from the command line.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -143,7 +144,8 @@ def fit(
 
     After each epoch, `on_epoch(metrics, snapshot)` is called; `snapshot()` returns the full
     training state (model, optimizer, schedule, method state, RNG states, epoch), which
-    `resume_from` takes back so a resumed run continues exactly as if never stopped.
+    `resume_from` takes back so a resumed run continues exactly as if never stopped. The
+    snapshot is a copy: training on does not change it.
     """
     train = settings.train
     device = resolve_device(train.device)
@@ -167,7 +169,7 @@ def fit(
         start_epoch = resume_from["epoch"]
 
     def snapshot() -> dict[str, Any]:
-        return {
+        return copy.deepcopy({
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -175,7 +177,7 @@ def fit(
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "epoch": epoch + 1,
-        }
+        })
 
     for epoch in range(start_epoch, train.epochs):
         started = time.perf_counter()

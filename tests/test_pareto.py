@@ -1,0 +1,38 @@
+"""The front: non-dominated trials among those that ran the full budget, nothing else."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.pareto import front_table, pareto_front, robust_label
+
+
+def trials(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["run_id", "status", "method", "budget", "metrics.clean_acc",
+                                       "metrics.robust_acc", "params.pgd_l2.epsilon"])
+
+
+def test_front_keeps_only_full_budget_non_dominated_trials() -> None:
+    df = trials([
+        ("a", "FINISHED", "clean", "full", 0.90, 0.10, None),
+        ("b", "FINISHED", "pgd_l2", "full", 0.80, 0.50, "1.5"),
+        ("c", "FINISHED", "pgd_l2", "full", 0.70, 0.40, "2.0"),           # dominated by b
+        ("d", "FINISHED", "pgd_l2", "stopped_early", 0.95, 0.90, "0.5"),  # ASHA-stopped: never on it
+        ("e", "FAILED", "pgd_l2", "", 0.99, 0.99, "0.7"),                 # failed: never on it
+        ("f", "FINISHED", "loss_gradl2", "full", 0.85, 0.30, None),
+        ("g", "FINISHED", "clean", "full", 0.90, 0.10, None),             # tie with a: both kept
+    ])
+    front = pareto_front(df)
+    assert list(front["run_id"]) == ["b", "f", "a", "g"]
+    table = front_table(front)
+    assert list(table.columns) == ["method", "hyperparameters", "clean_acc", "robust_acc", "run_id"]
+    assert table.loc[0, "hyperparameters"] == "epsilon=1.5"
+
+
+def test_empty_study_has_an_empty_front() -> None:
+    assert pareto_front(trials([])).empty
+
+
+def test_robust_axis_label_names_the_attack_and_eps() -> None:
+    assert robust_label("pgd_l2_eps0.5_acc") == "pgd_l2, eps = 0.5"
+    assert robust_label("robust_acc") == "robust_acc"

@@ -1,0 +1,102 @@
+"""Study specs: the shipped ones load; bad input exits with one message naming the key, before Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from study.launch import main as launch
+from study.spec import load_spec
+from trainables.core.registry import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+
+
+def write_spec(tmp_path: Path, **changes: object) -> Path:
+    spec = yaml.safe_load(QUICKSTART.read_text())
+    for key, value in changes.items():
+        node = spec
+        *parents, last = key.split("__")
+        for part in parents:
+            node = node[part]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_load(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.methods.methods and spec.name
+
+
+def test_quickstart_resolves_declared_and_overridden_ranges() -> None:
+    methods = load_spec(QUICKSTART).methods.methods
+    assert set(methods) == {"clean", "pgd_l2", "loss_gradl2"}
+    eps = methods["pgd_l2"]["epsilon"]
+    assert (eps.low, eps.high, eps.log) == (0.25, 3.0, True)
+    assert methods["clean"]["weight_decay"].searchable
+    assert not methods["pgd_l2"]["steps"].searchable and methods["pgd_l2"]["steps"].default == 5
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"optimiser": "adam"}, r"optimiser: unknown key; allowed: data, model, train, eval, name, methods"),
+        ({"train__optimizer": "lbfgs"}, r"train.optimizer: 'lbfgs' is not allowed; allowed: sgd, adam"),
+        ({"methods__trades": {}}, r"methods.trades: unknown method 'trades'; allowed: clean, loss_gradl2, pgd_l2"),
+        ({"model__name": "vit"}, r"model.name: unknown model 'vit'; allowed: cw_cnn, mlp, resnet18, vgg11"),
+        ({"data__dataset": "svhn"}, r"data.dataset: unknown data set 'svhn'; allowed: cifar10, cifar100"),
+        ({"methods__pgd_l2": {"epsilon": {"low": 2.0, "high": 1.0}}},
+         r"methods.pgd_l2.epsilon: low \(2.0\) must be below high \(1.0\)"),
+        ({"methods__pgd_l2": {"epsilon": {"low": 0.0, "high": 1.0, "log": True}}},
+         r"methods.pgd_l2.epsilon: a log range needs low > 0"),
+        ({"methods__pgd_l2": {"epsilon": {"low": 0.1}}}, r"methods.pgd_l2.epsilon: a range needs both low and high"),
+        ({"methods__pgd_l2": {"eps": 0.5}}, r"methods.pgd_l2.eps: unknown hyperparameter of pgd_l2; allowed: epsilon"),
+        ({"methods__pgd_l2": {"steps": "five"}}, r"methods.pgd_l2.steps: expected an int, got 'five'"),
+        ({"objectives": [{"metric": "pgd_linf_acc"}]}, r"objectives\[0\].metric: 'pgd_linf_acc' is not measured"),
+        ({"eval__every": 2}, r"eval.every: ASHA compares trials every epoch"),
+        ({"scheduler__grace_period": 9}, r"scheduler.grace_period: 9 exceeds train.epochs \(4\)"),
+        ({"eval__items": [{"kind": "attack", "eps": [-1.0]}]}, r"eval.items\[0\].eps: needs one or more positive"),
+        ({"eval__items": [{"kind": "lrc"}]}, r"eval.items\[0\].kind: unknown evaluation kind 'lrc'; allowed: attack"),
+        ({"resources__gpu": 1.5}, r"resources.gpu: must be a fraction in \[0, 1\]"),
+        ({"methods": None}, r"methods: required"),
+        ({"train__epochs": None}, r"train.epochs: required key is missing"),
+    ],
+)
+def test_bad_specs_name_the_key_and_what_is_allowed(tmp_path: Path, changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_spec(write_spec(tmp_path, **changes))
+
+
+def test_set_overrides_are_applied_and_validated() -> None:
+    spec = load_spec(QUICKSTART, ["train.epochs=7", "methods.pgd_l2.epsilon=0.5"])
+    assert spec.train.epochs == 7
+    assert spec.methods.methods["pgd_l2"]["epsilon"].default == 0.5
+    assert not spec.methods.methods["pgd_l2"]["epsilon"].searchable
+    with pytest.raises(ConfigError, match="--set 'train.epochs': expected key=value"):
+        load_spec(QUICKSTART, ["train.epochs"])
+
+
+def test_launch_refuses_a_bad_spec_before_ray_starts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = launch([str(write_spec(tmp_path, methods__trades={})), "--storage", str(tmp_path / "runs")])
+    assert code == 2
+    assert "error: methods.trades: unknown method 'trades'" in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists()
+
+
+def test_dry_run_prints_the_resolved_spec_and_space(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = launch([str(QUICKSTART), "--dry-run", "--num-samples", "3", "--storage", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    assert code == 0 and not ray.is_initialized() and not (tmp_path / "runs").exists()
+    resolved = yaml.safe_load(out.split("# search space")[0])
+    assert resolved["search"]["num_samples"] == 3 and resolved["name"] == "quickstart"
+    assert "epsilon: float in [0.25, 3.0] log" in out and "steps: fixed 5" in out
