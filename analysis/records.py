@@ -12,6 +12,7 @@ METHOD_TAG = "robust_study.method"
 BUDGET_TAG = "robust_study.budget"
 ROBUST_METRIC_TAG = "robust_study.robust_metric"
 FAILURE_TAG = "robust_study.failure"
+FAILURES_TAG = "robust_study.failures"
 
 
 def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> str:
@@ -32,9 +33,12 @@ def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | N
     return runs[0].info.run_id
 
 
+TRIAL_COLUMNS = ["run_id", "status", "method", "budget", "metrics.clean_acc", "metrics.robust_acc"]
+
+
 def trial_runs(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
     """One row per trial run of the study: run_id, status, method, budget, hyperparameters
-    (`params.*`) and the last value of each metric (`metrics.*`)."""
+    (`params.*`) and the last value of each metric (`metrics.*`); the TRIAL_COLUMNS always."""
     parent = client.get_run(parent_run_id)
     runs = client.search_runs(
         [parent.info.experiment_id],
@@ -52,4 +56,5 @@ def trial_runs(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
         row.update({f"params.{k}": v for k, v in run.data.params.items()})
         row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=list(dict.fromkeys(TRIAL_COLUMNS + list(frame.columns))))

@@ -1,29 +1,34 @@
 """`python -m study.launch SPEC.yaml`: run a study and print its Pareto front.
 
 Validates the spec before anything starts, loads the data once, runs the trials on a local Ray
-(or the cluster at --address), records every trial in MLflow, and prints the front of the
-trials that ran the full budget.
+(or the cluster at --address, or the one `ray job submit` names), records every trial in MLflow,
+and prints the front of the trials that ran the full budget. `--resume` continues the newest
+interrupted study of the same name from its checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import ray
-from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from analysis.pareto import front_table, robust_label, study_front
 from study.space import describe_space
 from study.spec import StudySpec, load_spec
-from study.tracking import TrialTracker, start_study_run
-from study.tuner import build_tuner
+from study.storage import SPEC_FILE, Storage, StudyRecord, check_cluster
+from study.tracking import FINISHED, KILLED, RUNNING, TrialTracker, start_study_run
+from study.tuner import build_tuner, restore_tuner
 from trainables.core.data import load_data
 from trainables.core.registry import ConfigError
 from trainables.core.schema import to_dict
+
+EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
+TRIAL_METRICS = ["robust_acc", "train_loss", "lr", "epoch_time_s", "eval_time_s"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,11 +36,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("spec", type=Path, help="study YAML, e.g. search_spaces/quickstart.yaml")
     parser.add_argument("--num-samples", type=int, help="override search.num_samples")
     parser.add_argument("--address", help="Ray cluster to attach to (auto or HOST:PORT); default: a local Ray")
-    parser.add_argument("--storage", type=Path, default=Path("runs"),
-                        help="output folder: Tune results, checkpoints and the default MLflow database")
+    parser.add_argument("--storage", default="runs",
+                        help="output folder or URI (s3://...): Tune results, checkpoints, default MLflow database")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec key, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the newest interrupted study of this name under --storage")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved spec and search space, start nothing")
     return parser.parse_args(argv)
@@ -54,67 +61,80 @@ def print_front(client: MlflowClient, parent_run_id: str) -> None:
           "trials that ran the full budget):")
     table = front_table(front).drop(columns="run_id")
     print(table.to_string(index=False) if not table.empty else "(no trial ran the full budget)")
+    failed = int((trials["status"] == "FAILED").sum())
+    if failed:
+        print(f"{failed} trial(s) failed: see the tag robust_study.failure of their MLflow runs")
 
 
-def run_study(spec: StudySpec, spec_file: Path, storage: Path, tracking_uri: str | None,
-              address: str | None) -> str:
-    """Run `spec` to the end; returns the MLflow parent run id."""
-    storage = storage.expanduser().resolve()
+def start_study(spec: StudySpec, storage: Storage, tracking_uri: str, client: MlflowClient) -> StudyRecord:
+    """A new study folder (resolved spec, study.json) and its MLflow parent run."""
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    study_dir = storage / run_name
-    study_dir.mkdir(parents=True, exist_ok=False)
-    resolved = study_dir / "spec.yaml"
-    resolved.write_text(spec.to_yaml())
-    tracking_uri = tracking_uri or f"sqlite:///{storage / 'mlflow.db'}"
+    spec_text = spec.to_yaml()
+    storage.write_text(spec_text, run_name, SPEC_FILE)
+    with tempfile.TemporaryDirectory() as folder:
+        spec_file = Path(folder) / SPEC_FILE
+        spec_file.write_text(spec_text)
+        parent = start_study_run(
+            client, spec.experiment,
+            artifact_location=(Path(storage.root) / "mlartifacts").as_uri() if storage.local else None,
+            run_name=run_name,
+            settings=to_dict(spec.settings()),
+            robust_metric=spec.eval.primary_robust_metric,
+            spec_file=spec_file,
+        )
+    record = StudyRecord(run_name, parent, tracking_uri, spec.experiment)
+    storage.write_record(record)
+    return record
+
+
+def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
+    """Run (or resume) `spec` to the end; returns the exit status."""
+    storage = Storage(args.storage)
+    resumed = storage.latest_record(spec.name) if args.resume else None
+    tracking_uri = args.tracking_uri or (resumed.tracking_uri if resumed else storage.default_tracking_uri())
     data = load_data(spec.data)
-    client = MlflowClient(tracking_uri)
-    local_store = not tracking_uri.startswith(("http", "databricks"))
-    parent = start_study_run(
-        client, spec.experiment,
-        artifact_location=(storage / "mlartifacts").as_uri() if local_store else None,
-        run_name=run_name,
-        settings=to_dict(spec.settings()),
-        robust_metric=spec.eval.primary_robust_metric,
-        spec_file=resolved,
-    )
-    print(f"study {run_name}: MLflow run {parent} in experiment {spec.experiment!r} at {tracking_uri}", flush=True)
-    ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    status = RunStatus.FAILED
+    ray.init(address=args.address, include_dashboard=False)
     try:
-        tracker = TrialTracker(tracking_uri, parent, spec.eval.metric_names() + ["robust_acc", "train_loss",
-                               "lr", "epoch_time_s", "eval_time_s"], spec.train.epochs)
-        tuner = build_tuner(spec, data, storage, run_name, [tracker])
-        tuner.fit()
-        status = RunStatus.FINISHED
-    except KeyboardInterrupt:
-        status = RunStatus.KILLED
-        raise
+        check_cluster(storage, tracking_uri)
+        client = MlflowClient(tracking_uri)
+        if resumed:
+            record = resumed
+            client.update_run(record.parent_run_id, status=RUNNING)
+            tuner = restore_tuner(spec, data, storage.study_uri(record.run_name))
+        else:
+            record = start_study(spec, storage, tracking_uri, client)
+            tracker = TrialTracker(tracking_uri, record.parent_run_id,
+                                   spec.eval.metric_names() + TRIAL_METRICS, spec.train.epochs)
+            tuner = build_tuner(spec, data, storage.uri, record.run_name, [tracker])
+        print(f"study {record.run_name}: MLflow run {record.parent_run_id} in experiment "
+              f"{record.experiment!r} at {tracking_uri}", flush=True)
+        results = tuner.fit()
+        unfinished = len(results) - results.num_terminated - results.num_errors
+        client.set_terminated(record.parent_run_id, KILLED if unfinished else FINISHED)
     finally:
-        client.set_terminated(parent, RunStatus.to_string(status))
         ray.shutdown()
-    print_front(client, parent)
-    return parent
+    print_front(client, record.parent_run_id)
+    if unfinished:
+        print(f"\n{unfinished} trial(s) unfinished: continue with python -m study.launch {args.spec} "
+              f"--storage {args.storage} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 1 if results.num_errors == len(results) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         spec = resolve_spec(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print("# resolved spec")
-        print(spec.to_yaml())
-        print("# search space")
-        print(describe_space(spec.methods.methods))
-        return 0
-    try:
-        run_study(spec, args.spec, args.storage, args.tracking_uri, args.address)
+        if args.dry_run:
+            print("# resolved spec")
+            print(spec.to_yaml())
+            print("# search space")
+            print(describe_space(spec.methods.methods))
+            return 0
+        return run_study(spec, args)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -106,6 +106,17 @@ class ResourcesConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """A trial that raises (a NaN loss included) or loses its node is retried this many times
+    from its last checkpoint before it is marked failed; the study goes on either way."""
+
+    max_failures: int = 2
+
+    def check(self, path: str) -> None:
+        require(self.max_failures >= 0, f"{path}.max_failures", f"must be >= 0, got {self.max_failures}")
+
+
+@dataclass
 class TrackingConfig:
     """MLflow experiment (default: the study's name); the URI comes from --tracking-uri."""
 
@@ -123,6 +134,7 @@ class StudySpec(RunSettings):
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def check(self, path: str) -> None:
         require(bool(NAME_PATTERN.match(self.name)), "name",

@@ -1,8 +1,9 @@
 """MLflow records of a study: one parent run per study, one child run per trial.
 
-All writes happen on the driver, through a Ray Tune callback (one writer, so a SQLite tracking
-URI is safe). Ray's MLflowLoggerCallback is not used because it cannot nest trial runs under a
-study run with their final weights, nor find a trial's run again after a restore.
+All writes happen on the driver, through a Ray Tune callback (one writer). Ray's
+MLflowLoggerCallback is not used because it cannot nest trial runs under a study run with their
+final weights, nor find a trial's run again after a restore, which exact resume needs: a trial's
+run is found again by its tag, and epochs already logged are not logged twice.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.experiment import Trial
 
 from analysis.records import (
     BUDGET_TAG,
     FAILURE_TAG,
+    FAILURES_TAG,
     METHOD_TAG,
     PARENT_TAG,
     ROBUST_METRIC_TAG,
@@ -27,6 +30,8 @@ from analysis.records import (
 from trainables.trainable import MODEL_FILE
 
 MAX_PARAM_LENGTH = 6000
+RUNNING, FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (
+    RunStatus.RUNNING, RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -71,8 +76,19 @@ def start_study_run(
     return run.info.run_id
 
 
+def error_summary(trial: Trial) -> str:
+    """The last lines of a failed trial's traceback: the exception and its message."""
+    text = str(trial.get_error() or "unknown error").strip()
+    return "\n".join(text.splitlines()[-3:])[-4000:]
+
+
 class TrialTracker(tune.Callback):
-    """Mirrors every trial into an MLflow child run of the study's parent run."""
+    """Mirrors every trial into an MLflow child run of the study's parent run.
+
+    Run status follows the trial: RUNNING while it trains, FAILED (reason tagged) when it errors,
+    RUNNING again when Tune retries it from its checkpoint, FINISHED when done, KILLED when the
+    study is interrupted before it finished.
+    """
 
     def __init__(self, tracking_uri: str, parent_run_id: str, metric_names: list[str], epochs: int) -> None:
         self.tracking_uri = tracking_uri
@@ -80,6 +96,7 @@ class TrialTracker(tune.Callback):
         self.metric_names = metric_names
         self.epochs = epochs
         self.trial_runs: dict[str, str] = {}
+        self.logged_epochs: dict[str, int] = {}
         self._client: MlflowClient | None = None
 
     @property
@@ -89,52 +106,82 @@ class TrialTracker(tune.Callback):
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "trial_runs": {}, "logged_epochs": {}}
 
-    def get_state(self) -> dict[str, Any]:
-        return {"trial_runs": dict(self.trial_runs)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.trial_runs = dict(state["trial_runs"])
-
-    def on_trial_start(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
+    def run_for(self, trial: Trial) -> str:
+        """The trial's run: known, found by its tag (after a driver restart), or created."""
         if trial.trial_id in self.trial_runs:
-            return
+            return self.trial_runs[trial.trial_id]
         parent = self.client.get_run(self.parent_run_id)
-        method = trial.config["method"]
-        run = self.client.create_run(
-            parent.info.experiment_id,
-            run_name=f"{trial.trial_id}-{method}",
-            tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: method},
+        found = self.client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial.trial_id}'",
         )
-        self.client.log_batch(run.info.run_id, params=as_params(trial.config))
-        self.trial_runs[trial.trial_id] = run.info.run_id
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "train_loss")
+            self.logged_epochs[run_id] = max((m.step for m in history), default=0)
+        else:
+            method = trial.config["method"]
+            run = self.client.create_run(
+                parent.info.experiment_id,
+                run_name=f"{trial.trial_id}-{method}",
+                tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: method},
+            )
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=as_params(trial.config))
+            self.logged_epochs[run_id] = 0
+        self.trial_runs[trial.trial_id] = run_id
+        return run_id
 
-    def on_trial_result(
-        self, iteration: int, trials: list, trial: tune.experiment.Trial, result: dict, **info: Any
-    ) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        run_id = self.run_for(trial)
+        if self.client.get_run(run_id).info.status != RUNNING:
+            self.client.update_run(run_id, status=RUNNING)
+
+    on_trial_restore = on_trial_start
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        run_id = self.run_for(trial)
+        epoch = int(result["epoch"])
+        if epoch <= self.logged_epochs[run_id]:
+            return  # re-run after a restore from an older checkpoint: that epoch is recorded
         now = int(time.time() * 1000)
-        step = int(result["epoch"])
-        metrics = [
-            Metric(name, float(result[name]), now, step)
-            for name in self.metric_names
-            if name in result
-        ]
-        self.client.log_batch(self.trial_runs[trial.trial_id], metrics=metrics)
+        metrics = [Metric(name, float(result[name]), now, epoch) for name in self.metric_names if name in result]
+        self.client.log_batch(run_id, metrics=metrics)
+        self.logged_epochs[run_id] = epoch
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
-        run_id = self.trial_runs[trial.trial_id]
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.finish(trial)
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.fail(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.fail(trial)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        """Make every run's status match its trial's, also for events a killed driver missed."""
+        for trial in trials:
+            status = self.client.get_run(self.run_for(trial)).info.status
+            if trial.status == Trial.TERMINATED and status != FINISHED:
+                self.finish(trial)
+            elif trial.status == Trial.ERROR and status != FAILED:
+                self.fail(trial)
+            elif trial.status not in (Trial.TERMINATED, Trial.ERROR) and status == RUNNING:
+                self.client.set_terminated(self.run_for(trial), KILLED)
+
+    def finish(self, trial: Trial) -> None:
+        run_id = self.run_for(trial)
         full = trial.last_result.get("epoch") == self.epochs
         self.client.set_tag(run_id, BUDGET_TAG, "full" if full else "stopped_early")
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as folder:
                 self.client.log_artifact(run_id, str(Path(folder) / MODEL_FILE), "model")
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        self.client.set_terminated(run_id, FINISHED)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
-        run_id = self.trial_runs.get(trial.trial_id)
-        if run_id is None:
-            return
-        error = trial.get_error() or "unknown error"
-        self.client.set_tag(run_id, FAILURE_TAG, str(error)[-5000:])
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    def fail(self, trial: Trial) -> None:
+        run_id = self.run_for(trial)
+        self.client.set_tag(run_id, FAILURE_TAG, error_summary(trial))
+        self.client.set_tag(run_id, FAILURES_TAG, str(trial.num_failures))
+        self.client.set_terminated(run_id, FAILED)

@@ -3,8 +3,6 @@ poor ones on one metric, each trial gets its resources, and every trial is track
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import optuna
 import ray
 from ray import tune
@@ -51,20 +49,21 @@ def make_searcher(spec: StudySpec) -> ConcurrencyLimiter:
     return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
 
 
-def build_tuner(
-    spec: StudySpec,
-    data: DataBundle,
-    storage: Path,
-    run_name: str,
-    callbacks: list[tune.Callback],
-) -> tune.Tuner:
-    """A Tuner over `spec`; `data` goes into Ray's object store once and is shared by all trials."""
-    trainable = tune.with_resources(
+def make_trainable(spec: StudySpec, data: DataBundle) -> object:
+    """The trial function with its resources; `data` goes into Ray's object store once and every
+    trial on a node maps that one copy."""
+    return tune.with_resources(
         tune.with_parameters(train_trial, settings=spec.settings(), data=data),
         trial_resources(spec),
     )
+
+
+def build_tuner(
+    spec: StudySpec, data: DataBundle, storage_uri: str, run_name: str, callbacks: list[tune.Callback]
+) -> tune.Tuner:
+    """A new Tuner over `spec`, writing results and checkpoints to `storage_uri/run_name`."""
     return tune.Tuner(
-        trainable,
+        make_trainable(spec, data),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),
@@ -72,9 +71,16 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=run_name,
-            storage_path=str(storage),
+            storage_path=storage_uri,
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=spec.faults.max_failures),
             verbose=1,
         ),
     )
+
+
+def restore_tuner(spec: StudySpec, data: DataBundle, study_uri: str) -> tune.Tuner:
+    """The Tuner of an interrupted study: unfinished and errored trials go on from their
+    checkpoints; the searcher, scheduler and callbacks come back from the saved state."""
+    return tune.Tuner.restore(study_uri, trainable=make_trainable(spec, data), resume_errored=True)
