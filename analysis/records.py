@@ -13,6 +13,7 @@ BUDGET_TAG = "robust_study.budget"
 ROBUST_METRIC_TAG = "robust_study.robust_metric"
 FAILURE_TAG = "robust_study.failure"
 FAILURES_TAG = "robust_study.failures"
+NODE_TAG = "robust_study.node_id"
 
 
 def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> str:

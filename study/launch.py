@@ -16,6 +16,8 @@ from pathlib import Path
 
 import ray
 from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.experiment import Trial
 
 from analysis.pareto import front_table, robust_label, study_front
 from study.space import describe_space
@@ -97,19 +99,21 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
     try:
         check_cluster(storage, tracking_uri)
         client = MlflowClient(tracking_uri)
+        record = resumed or start_study(spec, storage, tracking_uri, client)
+        tracker = TrialTracker(tracking_uri, record.parent_run_id,
+                               spec.eval.metric_names() + TRIAL_METRICS, spec.train.epochs)
+        study_uri = storage.study_uri(record.run_name)
         if resumed:
-            record = resumed
             client.update_run(record.parent_run_id, status=RUNNING)
-            tuner = restore_tuner(spec, data, storage.study_uri(record.run_name))
+            tuner = restore_tuner(spec, data, study_uri)
         else:
-            record = start_study(spec, storage, tracking_uri, client)
-            tracker = TrialTracker(tracking_uri, record.parent_run_id,
-                                   spec.eval.metric_names() + TRIAL_METRICS, spec.train.epochs)
             tuner = build_tuner(spec, data, storage.uri, record.run_name, [tracker])
         print(f"study {record.run_name}: MLflow run {record.parent_run_id} in experiment "
               f"{record.experiment!r} at {tracking_uri}", flush=True)
-        results = tuner.fit()
-        unfinished = len(results) - results.num_terminated - results.num_errors
+        tuner.fit()
+        saved = tune.ExperimentAnalysis(study_uri).trials  # statuses as saved, before Tune's cleanup
+        unfinished = tracker.reconcile(saved) + spec.search.num_samples - len(saved)
+        errors = sum(trial.status == Trial.ERROR for trial in saved)
         client.set_terminated(record.parent_run_id, KILLED if unfinished else FINISHED)
     finally:
         ray.shutdown()
@@ -118,7 +122,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
         print(f"\n{unfinished} trial(s) unfinished: continue with python -m study.launch {args.spec} "
               f"--storage {args.storage} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return 1 if results.num_errors == len(results) else 0
+    return 1 if errors == spec.search.num_samples else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.experiment import Trial
@@ -22,6 +22,7 @@ from analysis.records import (
     FAILURE_TAG,
     FAILURES_TAG,
     METHOD_TAG,
+    NODE_TAG,
     PARENT_TAG,
     ROBUST_METRIC_TAG,
     STUDY_TAG,
@@ -77,8 +78,10 @@ def start_study_run(
 
 
 def error_summary(trial: Trial) -> str:
-    """The last lines of a failed trial's traceback: the exception and its message."""
-    text = str(trial.get_error() or "unknown error").strip()
+    """The last lines of a failed trial's traceback: the exception and its message. Tune
+    writes it to the trial's local folder before it calls the callbacks."""
+    local = Path(trial.error_file) if trial.error_file else None
+    text = (local.read_text() if local is not None and local.is_file() else str(trial.get_error())).strip()
     return "\n".join(text.splitlines()[-3:])[-4000:]
 
 
@@ -129,7 +132,8 @@ class TrialTracker(tune.Callback):
                 tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: method},
             )
             run_id = run.info.run_id
-            self.client.log_batch(run_id, params=as_params(trial.config))
+            resources = {k.lower(): v for k, v in trial.placement_group_factory.required_resources.items()}
+            self.client.log_batch(run_id, params=as_params({**trial.config, "resources": resources}))
             self.logged_epochs[run_id] = 0
         self.trial_runs[trial.trial_id] = run_id
         return run_id
@@ -148,7 +152,7 @@ class TrialTracker(tune.Callback):
             return  # re-run after a restore from an older checkpoint: that epoch is recorded
         now = int(time.time() * 1000)
         metrics = [Metric(name, float(result[name]), now, epoch) for name in self.metric_names if name in result]
-        self.client.log_batch(run_id, metrics=metrics)
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(NODE_TAG, result["node_id"])])
         self.logged_epochs[run_id] = epoch
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -160,16 +164,25 @@ class TrialTracker(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.fail(trial)
 
-    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """Make every run's status match its trial's, also for events a killed driver missed."""
+    def reconcile(self, trials: list[Trial]) -> int:
+        """Make every run's status match its trial's as last saved by Tune, also for events a
+        killed driver never saw; trials neither finished nor failed (an interrupted study) are
+        KILLED. Returns how many trials are unfinished."""
+        unfinished = 0
         for trial in trials:
-            status = self.client.get_run(self.run_for(trial)).info.status
-            if trial.status == Trial.TERMINATED and status != FINISHED:
-                self.finish(trial)
-            elif trial.status == Trial.ERROR and status != FAILED:
-                self.fail(trial)
-            elif trial.status not in (Trial.TERMINATED, Trial.ERROR) and status == RUNNING:
-                self.client.set_terminated(self.run_for(trial), KILLED)
+            run_id = self.run_for(trial)
+            status = self.client.get_run(run_id).info.status
+            if trial.status == Trial.TERMINATED:
+                if status != FINISHED:
+                    self.finish(trial)
+            elif trial.status == Trial.ERROR:
+                if status != FAILED:
+                    self.fail(trial)
+            else:
+                unfinished += 1
+                if status == RUNNING:
+                    self.client.set_terminated(run_id, KILLED)
+        return unfinished
 
     def finish(self, trial: Trial) -> None:
         run_id = self.run_for(trial)

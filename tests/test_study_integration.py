@@ -10,33 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis.records import BUDGET_TAG, METHOD_TAG, PARENT_TAG, ROBUST_METRIC_TAG, STUDY_TAG
+from tests.helpers import tiny_spec, write_spec
 from trainables.core.data import DatasetInfo
 from trainables.core.models import ModelConfig, build_model
 
-ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
-
-
-def tiny_spec(data_root: Path) -> dict:
-    return {
-        "name": "tiny",
-        "data": {"dataset": "fashion_mnist", "root": str(data_root), "subset": 300, "val": 100},
-        "model": {"name": "mlp", "hidden": [32]},
-        "train": {"epochs": EPOCHS, "batch_size": 50, "optimizer": "adam", "lr": 3e-3},
-        "eval": {"examples": 100, "items": [{"kind": "attack", "attack": "pgd_l2", "eps": [0.5, 1.0], "steps": 3}]},
-        "methods": {
-            "clean": {},
-            "pgd_l2": {"epsilon": {"low": 0.2, "high": 2.0, "log": True}, "steps": 2},
-            "loss_gradl2": {"lambda": {"low": 0.01, "high": 1.0, "log": True}},
-        },
-        "scheduler": {"kind": "asha", "metric": "robust_acc", "grace_period": 1, "reduction_factor": 2},
-        "search": {"num_samples": 5, "max_concurrent": 2, "seed": 1},
-        "resources": {"cpu": 1, "gpu": 0},
-    }
 
 
 def brute_force_front(points: dict[str, tuple[float, float]]) -> set[str]:
@@ -48,8 +29,7 @@ def brute_force_front(points: dict[str, tuple[float, float]]) -> set[str]:
 
 @pytest.mark.integration
 def test_tiny_study_end_to_end(tiny_fashion_root: Path, tmp_path: Path) -> None:
-    spec_path = tmp_path / "tiny.yaml"
-    spec_path.write_text(yaml.safe_dump(tiny_spec(tiny_fashion_root)))
+    spec_path = write_spec(tmp_path, tiny_spec(tiny_fashion_root, search={"num_samples": 5}))
     storage = tmp_path / "runs"
     launched = subprocess.run(
         [sys.executable, "-m", "study.launch", str(spec_path), "--storage", str(storage), "--num-samples", "4"],
@@ -74,7 +54,8 @@ def test_tiny_study_end_to_end(tiny_fashion_root: Path, tmp_path: Path) -> None:
     for child in children:
         method = child.data.tags[METHOD_TAG]
         assert child.info.status == "FINISHED" and child.data.params["method"] == method
-        assert {k for k in child.data.params if k != "method"} == {
+        assert child.data.params["resources.cpu"] == "1.0"
+        assert {k for k in child.data.params if not k.startswith(("method", "resources."))} == {
             "clean": {"clean.weight_decay"}, "pgd_l2": {"pgd_l2.epsilon", "pgd_l2.steps", "pgd_l2.clip"},
             "loss_gradl2": {"loss_gradl2.lambda"},
         }[method]

@@ -1,6 +1,7 @@
 """The Ray Tune function trainable: a thin adapter from a trial's config to `core.fit`.
 
-One `tune.report` per epoch with the epoch's metrics and a checkpoint holding the full training
+One `tune.report` per epoch with the epoch's metrics (and the Ray node that ran it) and a
+checkpoint holding the full training
 state (`state.pt`) and the model weights alone (`model.pt`, what MLflow stores at the end).
 """
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -31,6 +33,7 @@ def trial_threads() -> int:
 def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle) -> None:
     """Train the method that `config` names (`{"method": m, m: {hyperparameters}}`)."""
     torch.set_num_threads(trial_threads())
+    node_id = ray.get_runtime_context().get_node_id()
     name = config["method"]
     method = build_method(name, config.get(name, {}))
     resume_from = None
@@ -44,6 +47,6 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle)
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
             torch.save(state["model"], Path(folder) / MODEL_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     fit(settings, method, data, on_epoch=report, resume_from=resume_from)

@@ -1,0 +1,102 @@
+"""Helpers for tests that run real studies: specs on the tiny data set, the launcher as a
+subprocess, and reading the study back from MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from analysis.records import PARENT_TAG, STUDY_TAG
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_spec(data_root: Path, name: str = "tiny", **sections: dict) -> dict:
+    """A study on the tiny Fashion-MNIST files that trains in seconds."""
+    spec = {
+        "name": name,
+        "data": {"dataset": "fashion_mnist", "root": str(data_root), "subset": 300, "val": 100},
+        "model": {"name": "mlp", "hidden": [32]},
+        "train": {"epochs": 2, "batch_size": 50, "optimizer": "adam", "lr": 3e-3},
+        "eval": {"examples": 100, "items": [{"kind": "attack", "attack": "pgd_l2", "eps": [0.5, 1.0], "steps": 3}]},
+        "methods": {
+            "clean": {},
+            "pgd_l2": {"epsilon": {"low": 0.2, "high": 2.0, "log": True}, "steps": 2},
+            "loss_gradl2": {"lambda": {"low": 0.01, "high": 1.0, "log": True}},
+        },
+        "scheduler": {"kind": "asha", "metric": "robust_acc", "grace_period": 1, "reduction_factor": 2},
+        "search": {"num_samples": 4, "max_concurrent": 2, "seed": 1},
+        "resources": {"cpu": 1, "gpu": 0},
+    }
+    for key, value in sections.items():
+        merge = isinstance(value, dict) and key not in ("model", "methods")
+        spec[key] = {**spec.get(key, {}), **value} if merge else value
+    return spec
+
+
+def write_spec(folder: Path, spec: dict) -> Path:
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def launch_command(spec_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "study.launch", str(spec_path), *args]
+
+
+def start_launch(spec_path: Path, *args: str, log: Path) -> subprocess.Popen:
+    """The launcher in its own process session, so the test can kill it and all it started."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(launch_command(spec_path, *args), cwd=spec_path.parent,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_session(session_id: int) -> None:
+    """SIGKILL every process of a process session (a driver and the local Ray it started)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session_id:
+            try:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+               driver: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Poll `condition`; fail at once if `driver` exits first, showing the end of its `log`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if driver is not None and driver.poll() is not None:
+            tail = log.read_text()[-3000:] if log is not None else ""
+            raise AssertionError(f"the launcher exited ({driver.returncode}) before {what}:\n{tail}")
+        time.sleep(0.5)
+    raise TimeoutError(f"waited {timeout}s for {what}")
+
+
+def study_runs(client: MlflowClient, experiment: str) -> tuple[list[Run], list[Run]]:
+    """(parent runs, child runs) of an experiment; ([], []) while it does not exist."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return [], []
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    parents = [r for r in runs if STUDY_TAG in r.data.tags]
+    return parents, [r for r in runs if PARENT_TAG in r.data.tags]
+
+
+def epochs_logged(client: MlflowClient, run: Run, metric: str = "train_loss") -> list[int]:
+    return [m.step for m in client.get_metric_history(run.info.run_id, metric)]

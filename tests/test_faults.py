@@ -1,0 +1,102 @@
+"""Faults on one machine (real local Ray, Optuna, MLflow SQLite): a NaN trial fails alone;
+Ctrl-C and a SIGKILLed driver both resume with one MLflow run per trial and each epoch once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from analysis.records import BUDGET_TAG, FAILURE_TAG, FAILURES_TAG, METHOD_TAG
+from tests.helpers import (
+    epochs_logged,
+    kill_session,
+    launch_command,
+    start_launch,
+    study_runs,
+    tiny_spec,
+    wait_until,
+    write_spec,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_nan_trial_is_retried_then_failed_without_stopping_the_study(tiny_fashion_root: Path, tmp_path: Path) -> None:
+    spec = tiny_spec(
+        tiny_fashion_root, name="nan",
+        train={"optimizer": "sgd", "lr": 0.05},
+        methods={"clean": {"weight_decay": 0.0}, "loss_gradl2": {"lambda": 1.0e30}},
+        scheduler={"kind": "fifo"}, search={"num_samples": 4, "seed": 7}, faults={"max_failures": 1},
+    )
+    storage = tmp_path / "runs"
+    done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(storage)),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    parents, children = study_runs(client, "nan")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 4
+    by_method = {m: [r for r in children if r.data.tags[METHOD_TAG] == m] for m in ("clean", "loss_gradl2")}
+    assert by_method["clean"] and by_method["loss_gradl2"], "the seeded sampler picks both methods"
+    for run in by_method["loss_gradl2"]:
+        assert run.info.status == "FAILED"
+        assert "NonFiniteLoss" in run.data.tags[FAILURE_TAG] and "train_loss became" in run.data.tags[FAILURE_TAG]
+        assert run.data.tags[FAILURES_TAG] == "2", "one retry (max_failures: 1), then failed"
+    for run in by_method["clean"]:
+        assert run.info.status == "FINISHED" and run.data.tags[BUDGET_TAG] == "full"
+        assert epochs_logged(client, run) == [1, 2]
+    assert f"{len(by_method['loss_gradl2'])} trial(s) failed" in done.stdout
+
+
+def test_ctrl_c_then_sigkill_then_resume_records_everything_once(tiny_fashion_root: Path, tmp_path: Path) -> None:
+    spec = tiny_spec(
+        tiny_fashion_root, name="resume",
+        data={"subset": 500, "val": 0},
+        model={"name": "cw_cnn", "widths": [8, 8, 16, 16, 32, 32]},
+        train={"epochs": 4},
+        methods={"clean": {}, "pgd_l2": {"epsilon": {"low": 0.3, "high": 2.0}, "steps": 3}},
+        scheduler={"kind": "fifo"}, search={"num_samples": 4, "max_concurrent": 2, "seed": 0},
+    )
+    spec_path = write_spec(tmp_path, spec)
+    storage = tmp_path / "runs"
+    log = tmp_path / "launch.log"
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+
+    def total_epochs() -> int:
+        return sum(len(epochs_logged(client, run)) for run in study_runs(client, "resume")[1])
+
+    # Ctrl-C: Tune stops cleanly, the unfinished runs and the study are KILLED, exit 130
+    driver = start_launch(spec_path, "--storage", str(storage), log=log)
+    try:
+        wait_until(lambda: total_epochs() >= 1, 300, "a first epoch", driver, log)
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        kill_session(driver.pid)
+    parents, children = study_runs(client, "resume")
+    assert parents[0].info.status == "KILLED"
+    assert {r.info.status for r in children} <= {"KILLED", "FINISHED"} and "KILLED" in {r.info.status for r in children}
+
+    # SIGKILL of the resumed driver and everything it started, mid-study
+    before = total_epochs()
+    driver = start_launch(spec_path, "--storage", str(storage), "--resume", log=log)
+    try:
+        wait_until(lambda: total_epochs() >= before + 2, 300, "progress after the first resume", driver, log)
+    finally:
+        kill_session(driver.pid)
+    assert study_runs(client, "resume")[0][0].info.status == "RUNNING"
+
+    done = subprocess.run(launch_command(spec_path, "--storage", str(storage), "--resume"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    parents, children = study_runs(client, "resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4, "one MLflow run per trial, none duplicated by the restarts"
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags[BUDGET_TAG] == "full"
+        for metric in ("train_loss", "clean_acc", "robust_acc"):
+            assert epochs_logged(client, run, metric) == [1, 2, 3, 4], (run.info.run_name, metric)
+    assert "Pareto front" in done.stdout
