@@ -1,0 +1,151 @@
+"""A study on a multi-node Ray cluster on this one machine (ray.cluster_utils.Cluster), tracked
+by a real `mlflow server`: trials spread over the nodes, a node lost mid-study, a configuration
+the cluster cannot serve refused up front, fractional GPUs packed by the scheduler."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray.cluster_utils import Cluster
+
+from analysis.records import FAILURES_TAG, NODE_TAG
+from tests.helpers import (
+    epochs_logged,
+    launch_command,
+    mlflow_server,
+    start_launch,
+    study_runs,
+    tiny_spec,
+    wait_until,
+    write_spec,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A head that runs no trials (0 CPUs) and two worker nodes of one CPU each."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def cluster_spec(data_root: Path, name: str, epochs: int, num_samples: int) -> dict:
+    """Trials of about a second an epoch: long enough to lose a node in the middle of one."""
+    return tiny_spec(
+        data_root, name=name,
+        data={"subset": 500, "val": 0},
+        model={"name": "cw_cnn", "widths": [8, 8, 16, 16, 32, 32]},
+        train={"epochs": epochs},
+        methods={"clean": {}, "pgd_l2": {"epsilon": {"low": 0.3, "high": 2.0}, "steps": 3}},
+        scheduler={"kind": "fifo"}, search={"num_samples": num_samples, "max_concurrent": 2, "seed": 0},
+        faults={"max_failures": 2},
+    )
+
+
+def worker_ids(cluster: Cluster) -> set[str]:
+    return {node.node_id for node in cluster.worker_nodes}
+
+
+def test_a_sqlite_tracking_uri_is_refused_on_a_multi_node_cluster(
+    cluster: Cluster, tiny_fashion_root: Path, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path, cluster_spec(tiny_fashion_root, "refused", 2, 2))
+    storage = tmp_path / "runs"
+    done = subprocess.run(launch_command(spec, "--address", cluster.address, "--storage", str(storage)),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "error: --tracking-uri: sqlite:///" in done.stderr and "runs on 3 nodes" in done.stderr
+    assert "mlflow server" in done.stderr
+    assert not storage.exists() or not any(p.is_dir() for p in storage.iterdir()), "nothing was started"
+
+
+def test_trials_spread_over_two_nodes(
+    cluster: Cluster, tracking_uri: str, tiny_fashion_root: Path, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path, cluster_spec(tiny_fashion_root, "spread", 2, 2))
+    done = subprocess.run(
+        launch_command(spec, "--address", cluster.address, "--storage", str(tmp_path / "runs"),
+                       "--tracking-uri", tracking_uri),
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    parents, children = study_runs(client, "spread")
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags[NODE_TAG] for r in children} == worker_ids(cluster), "one trial on each worker"
+    for run in children:
+        assert epochs_logged(client, run) == [1, 2]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
+
+
+def test_a_node_removed_mid_study_reschedules_its_trials(
+    cluster: Cluster, tracking_uri: str, tiny_fashion_root: Path, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path, cluster_spec(tiny_fashion_root, "node-loss", 5, 3))
+    log = tmp_path / "launch.log"
+    client = MlflowClient(tracking_uri)
+    victim = list(cluster.worker_nodes)[-1]
+    survivor = next(iter(worker_ids(cluster) - {victim.node_id}))
+
+    def victim_trained_an_epoch() -> bool:
+        return any(r.data.tags.get(NODE_TAG) == victim.node_id and epochs_logged(client, r)
+                   for r in study_runs(client, "node-loss")[1])
+
+    driver = start_launch(spec, "--address", cluster.address, "--storage", str(tmp_path / "runs"),
+                          "--tracking-uri", tracking_uri, log=log)
+    try:
+        wait_until(victim_trained_an_epoch, 300, "an epoch on the node to remove", driver, log)
+        cluster.remove_node(victim, allow_graceful=False)
+        assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    parents, children = study_runs(client, "node-loss")
+    assert parents[0].info.status == "FINISHED" and len(children) == 3
+    moved = [r for r in children if r.data.tags.get(FAILURES_TAG)]
+    assert moved, "the removed node's trial failed over"
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert epochs_logged(client, run) == [1, 2, 3, 4, 5], "resumed from its checkpoint, each epoch once"
+    details = [(r.data.tags.get(NODE_TAG), r.data.tags.get(FAILURES_TAG)) for r in children]
+    assert {r.data.tags[NODE_TAG] for r in moved} == {survivor}, (victim.node_id, survivor, details)
+
+
+def test_fractional_gpus_pack_trials_onto_one_gpu(tiny_fashion_root: Path, tmp_path: Path) -> None:
+    """The node declares one logical GPU (this machine has none): two trials asking 0.5 each
+    must run at the same time on it; without a CUDA device they train on the CPU."""
+    gpu_cluster = Cluster(initialize_head=True,
+                          head_node_args={"num_cpus": 2, "num_gpus": 1, "include_dashboard": False})
+    try:
+        spec = cluster_spec(tiny_fashion_root, "gpu-share", 3, 2)
+        spec["resources"] = {"cpu": 1, "gpu": 0.5}
+        storage = tmp_path / "runs"
+        done = subprocess.run(
+            launch_command(write_spec(tmp_path, spec), "--address", gpu_cluster.address, "--storage", str(storage)),
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        gpu_cluster.shutdown()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    children = study_runs(client, "gpu-share")[1]
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.params["resources.gpu"] for r in children} == {"0.5"}
+    first, second = sorted(children, key=lambda r: r.info.start_time)
+    assert second.info.start_time < first.info.end_time, "the two half-GPU trials overlapped on one GPU"

@@ -1,0 +1,65 @@
+"""CIFAR-10 and CIFAR-100 in torchvision's on-disk layout (pickled batches), downloaded if absent."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from trainables.core.data import DATASETS, DatasetInfo, Splits
+
+CIFAR10_INFO = DatasetInfo(
+    "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+)
+CIFAR100_INFO = DatasetInfo(
+    "cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+)
+
+
+def read_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (uint8 N x 3 x 32 x 32) and labels from CIFAR python-pickle batch files."""
+    images, labels = [], []
+    for path in paths:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def load_cifar(
+    root: Path, folder: str, train: list[str], test: list[str], label_key: str,
+    info: DatasetInfo, download: type,
+) -> Splits:
+    base = root / folder
+    if not base.is_dir():
+        try:
+            download(str(root), train=True, download=True)
+        except Exception as err:
+            raise FileNotFoundError(
+                f"{info.name}: {base} does not exist and the torchvision download into {root} "
+                f"failed ({type(err).__name__}: {err}). Run once where a network exists, or copy "
+                f"the python-pickle batches ({folder}/) into data.root."
+            ) from err
+    missing = [name for name in train + test if not (base / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{info.name}: {base} lacks {', '.join(missing)}")
+    train_x, train_y = read_batches([base / name for name in train], label_key)
+    test_x, test_y = read_batches([base / name for name in test], label_key)
+    return Splits(info, train_x, train_y, test_x, test_y)
+
+
+@DATASETS.register("cifar10")
+def cifar10(root: Path) -> Splits:
+    train = [f"data_batch_{i}" for i in range(1, 6)]
+    return load_cifar(root, "cifar-10-batches-py", train, ["test_batch"], "labels",
+                      CIFAR10_INFO, torchvision.datasets.CIFAR10)
+
+
+@DATASETS.register("cifar100")
+def cifar100(root: Path) -> Splits:
+    return load_cifar(root, "cifar-100-python", ["train"], ["test"], "fine_labels",
+                      CIFAR100_INFO, torchvision.datasets.CIFAR100)
