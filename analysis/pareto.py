@@ -40,8 +40,8 @@ def pareto_front(trials: pd.DataFrame, x: str = CLEAN, y: str = ROBUST) -> pd.Da
 
 
 def hyperparameters(row: pd.Series) -> str:
-    """`epsilon=0.7, steps=5` from the run's `params.{method}.*` columns."""
-    prefix = f"params.{row['method']}."
+    """`epsilon=0.7, steps=5` from the run's `params.hp.*` columns."""
+    prefix = "params.hp."
     items = [(k[len(prefix):], v) for k, v in row.items() if k.startswith(prefix) and pd.notna(v)]
     return ", ".join(f"{k}={format_value(v)}" for k, v in sorted(items))
 

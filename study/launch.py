@@ -9,6 +9,7 @@ interrupted study of the same name from its checkpoints.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -95,7 +96,8 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
     resumed = storage.latest_record(spec.name) if args.resume else None
     tracking_uri = args.tracking_uri or (resumed.tracking_uri if resumed else storage.default_tracking_uri())
     data = load_data(spec.data)
-    ray.init(address=args.address, include_dashboard=False)
+    # "local" starts a fresh Ray even where a stale /tmp/ray/ray_current_cluster names a dead one
+    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
     try:
         check_cluster(storage, tracking_uri)
         client = MlflowClient(tracking_uri)

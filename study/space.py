@@ -45,6 +45,17 @@ class MethodSearchSpace:
         return constants
 
 
+def first_points(methods: dict[str, dict[str, Param]], first: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`search.first` entries as Optuna parameter dicts, named as the space names them."""
+    points = []
+    for entry in first:
+        method = entry["method"]
+        point = {"method": method} if len(methods) > 1 else {}
+        point.update({f"{method}/{k}": v for k, v in entry.items() if k != "method" and methods[method][k].searchable})
+        points.append(point)
+    return points
+
+
 def describe_space(methods: dict[str, dict[str, Param]]) -> str:
     """The space as text, for --dry-run."""
     lines = [f"method: one of {list(methods)}"]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from trainables.core.methods import METHODS
+from trainables.core.methods import METHODS, method_params
 from trainables.core.params import Param
 from trainables.core.registry import ConfigError
 from trainables.core.schema import apply_overrides, parse, require, to_dict
@@ -26,7 +26,8 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class MethodSpace:
     """The methods a study compares, each with its hyperparameters resolved against the
     method's declaration: a spec entry fixes a value (`lambda: 0.1`), gives a range
-    (`{low, high, log}`) or a list of choices; an omitted one keeps the declared default range."""
+    (`{low, high, log}`) or a list of choices; an omitted one keeps the declared default range.
+    A name may combine a method with constraints (`pgd_l2+sn_projection`): the union of both."""
 
     methods: dict[str, dict[str, Param]]
     raw: dict[str, Any]
@@ -38,7 +39,7 @@ class MethodSpace:
         methods = {}
         for name, overrides in data.items():
             key = f"{path}.{name}"
-            declared = METHODS.get(name, key).params
+            declared = method_params(name, key)
             overrides = overrides or {}
             if not isinstance(overrides, dict):
                 raise ConfigError(f"{key}: expected a mapping of hyperparameters, got {overrides!r}")
@@ -82,9 +83,13 @@ class SchedulerConfig:
 
 @dataclass
 class SearchConfig:
+    """`first`: configurations Optuna evaluates before it samples, e.g. `[{method: clean,
+    weight_decay: 0}, {method: pgd_l2, epsilon: 1.0}]` (unnamed hyperparameters are sampled)."""
+
     num_samples: int = 8
     max_concurrent: int = 2
     seed: int = 0
+    first: list[dict[str, Any]] = field(default_factory=list)
 
     def check(self, path: str) -> None:
         require(self.num_samples >= 1, f"{path}.num_samples", f"must be >= 1, got {self.num_samples}")
@@ -145,6 +150,16 @@ class StudySpec(RunSettings):
         for i, objective in enumerate(self.objectives):
             require(objective.metric in measured, f"objectives[{i}].metric",
                     f"{objective.metric!r} is not measured; allowed: {', '.join(measured)}")
+        for i, point in enumerate(self.search.first):
+            key = f"search.first[{i}]"
+            require(point.get("method") in self.methods.methods, f"{key}.method",
+                    f"{point.get('method')!r} is not among the study's methods: {', '.join(self.methods.methods)}")
+            declared = self.methods.methods[point["method"]]
+            for name, value in point.items():
+                if name != "method":
+                    require(name in declared, f"{key}.{name}",
+                            f"unknown hyperparameter of {point['method']}; allowed: {', '.join(declared)}")
+                    declared[name].check_value(value, f"{key}.{name}")
         require(self.scheduler.metric in measured, "scheduler.metric",
                 f"{self.scheduler.metric!r} is not measured; allowed: {', '.join(measured)}")
         if self.scheduler.kind == "asha":

@@ -77,6 +77,14 @@ def start_study_run(
     return run.info.run_id
 
 
+def trial_params(trial: Trial) -> dict[str, Any]:
+    """A trial's MLflow params: its method, its hyperparameters under `hp.` (names MLflow
+    accepts whatever the method's name), and the resources it ran with."""
+    method = trial.config["method"]
+    resources = {k.lower(): v for k, v in trial.placement_group_factory.required_resources.items()}
+    return {"method": method, "hp": trial.config.get(method, {}), "resources": resources}
+
+
 def error_summary(trial: Trial) -> str:
     """The last lines of a failed trial's traceback: the exception and its message. Tune
     writes it to the trial's local folder before it calls the callbacks."""
@@ -132,8 +140,7 @@ class TrialTracker(tune.Callback):
                 tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: method},
             )
             run_id = run.info.run_id
-            resources = {k.lower(): v for k, v in trial.placement_group_factory.required_resources.items()}
-            self.client.log_batch(run_id, params=as_params({**trial.config, "resources": resources}))
+            self.client.log_batch(run_id, params=as_params(trial_params(trial)))
             self.logged_epochs[run_id] = 0
         self.trial_runs[trial.trial_id] = run_id
         return run_id

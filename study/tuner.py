@@ -10,7 +10,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from study.space import MethodSearchSpace
+from study.space import MethodSearchSpace, first_points
 from study.spec import StudySpec
 from trainables.core.data import DataBundle
 from trainables.trainable import train_trial
@@ -42,6 +42,7 @@ def make_scheduler(spec: StudySpec) -> TrialScheduler:
 def make_searcher(spec: StudySpec) -> ConcurrencyLimiter:
     searcher = OptunaSearch(
         space=MethodSearchSpace(spec.methods.methods),
+        points_to_evaluate=first_points(spec.methods.methods, spec.search.first) or None,
         metric=[o.metric for o in spec.objectives],
         mode=[o.mode for o in spec.objectives],
         sampler=optuna.samplers.TPESampler(seed=spec.search.seed),

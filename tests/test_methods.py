@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from trainables.core.attacks import pgd_l2
 from trainables.core.methods import METHODS, StepContext, build_method
-from trainables.core.methods.loss_gradl2 import loss_gradient_penalty
+from trainables.core.methods.loss_gradients import loss_and_input_gradient
 from trainables.core.registry import ConfigError
 from trainables.core.train import TrainConfig, make_optimizer
 
@@ -42,7 +42,8 @@ def test_loss_gradl2_penalty_is_the_squared_input_gradient_norm_over_n() -> None
     model = tiny_model()
     x = torch.rand(4, 1, 2, 3, dtype=torch.float64)
     y = torch.tensor([0, 2, 1, 2])
-    _, penalty = loss_gradient_penalty(model, x, y)
+    _, grad = loss_and_input_gradient(model, x, y)
+    penalty = grad.pow(2).sum() / 4
     expected = input_gradient_fd(model, x, y).pow(2).sum() / 4
     torch.testing.assert_close(penalty, expected, rtol=1e-6, atol=1e-9)
 
@@ -67,9 +68,9 @@ def test_loss_gradl2_parameter_gradient_matches_finite_differences() -> None:
 def test_loss_gradl2_adds_lambda_times_penalty_to_the_cross_entropy() -> None:
     model = tiny_model()
     x, y = torch.rand(4, 1, 2, 3, dtype=torch.float64), torch.tensor([0, 2, 1, 2])
-    ce, penalty = loss_gradient_penalty(model, x, y)
+    ce, grad = loss_and_input_gradient(model, x, y)
     loss = build_method("loss_gradl2", {"lambda": 2.5}).loss(model, x, y, CTX)
-    torch.testing.assert_close(loss, ce + 2.5 * penalty)
+    torch.testing.assert_close(loss, ce + 2.5 * grad.pow(2).sum() / 4)
 
 
 def test_pgd_l2_training_loss_is_the_loss_on_reference_pgd_examples() -> None:
@@ -103,5 +104,5 @@ def test_bad_hyperparameters_are_refused_with_their_name() -> None:
         build_method("pgd_l2", {"eps": 1.0})
     with pytest.raises(ConfigError, match=r"method pgd_l2.steps: must be >= 1"):
         build_method("pgd_l2", {"steps": 0})
-    with pytest.raises(ConfigError, match=r"unknown method 'trades'; allowed: clean, loss_gradl2, pgd_l2"):
+    with pytest.raises(ConfigError, match=r"unknown method 'trades'; allowed: adv_perturbation_penalty, clean"):
         build_method("trades", {})

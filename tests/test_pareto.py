@@ -9,7 +9,7 @@ from analysis.pareto import front_table, pareto_front, robust_label
 
 def trials(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run_id", "status", "method", "budget", "metrics.clean_acc",
-                                       "metrics.robust_acc", "params.pgd_l2.epsilon"])
+                                       "metrics.robust_acc", "params.hp.epsilon"])
 
 
 def test_front_keeps_only_full_budget_non_dominated_trials() -> None:

@@ -56,8 +56,8 @@ def test_tiny_study_end_to_end(tiny_fashion_root: Path, tmp_path: Path) -> None:
         assert child.info.status == "FINISHED" and child.data.params["method"] == method
         assert child.data.params["resources.cpu"] == "1.0"
         assert {k for k in child.data.params if not k.startswith(("method", "resources."))} == {
-            "clean": {"clean.weight_decay"}, "pgd_l2": {"pgd_l2.epsilon", "pgd_l2.steps", "pgd_l2.clip"},
-            "loss_gradl2": {"loss_gradl2.lambda"},
+            "clean": {"hp.weight_decay"}, "pgd_l2": {"hp.epsilon", "hp.steps", "hp.step_size", "hp.clip"},
+            "loss_gradl2": {"hp.lambda"},
         }[method]
         for name in ("train_loss", "clean_acc", "robust_acc", "pgd_l2_eps0.5_acc", "pgd_l2_eps1_acc", "epoch_time_s"):
             steps = [m.step for m in client.get_metric_history(child.info.run_id, name)]

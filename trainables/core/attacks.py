@@ -42,5 +42,33 @@ def pgd_l2(
     return (x + delta).detach()
 
 
+def pgd_linf(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    clip: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Untargeted linf PGD: sign-gradient ascent steps, delta clamped to [-eps, eps] (and x + delta
+    to [0, 1] when `clip`). With a `generator` it starts uniformly in the box (kernel_reg's
+    training attack), without one from delta = 0 (deterministic evaluation)."""
+    if generator is None:
+        delta = torch.zeros_like(x)
+    else:
+        delta = eps * (2 * torch.rand(x.shape, generator=generator, device=x.device) - 1)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
+        if clip:
+            delta = (x + delta).clamp(0.0, 1.0) - x
+    return (x + delta).detach()
+
+
 ATTACKS: Registry = Registry("attack")
 ATTACKS.register("pgd_l2")(pgd_l2)
+ATTACKS.register("pgd_linf")(pgd_linf)

@@ -21,14 +21,14 @@ EVALUATIONS: Registry[type] = Registry("evaluation kind")
 
 
 def metric_name(prefix: str, eps: float) -> str:
-    return f"{prefix}_eps{eps:g}_acc"
+    return f"{prefix}_eps{eps:.4g}_acc"
 
 
 @EVALUATIONS.register("attack")
 @dataclass
 class AttackEval:
     """Robust accuracy under an attack at each eps: correct on the clean and the attacked input.
-    `step_size` defaults to 2.5 * eps / steps."""
+    `step_size` defaults to 2.5 * eps / steps. Attacks start from delta = 0 (deterministic)."""
 
     kind: Literal["attack"] = "attack"
     attack: str = "pgd_l2"

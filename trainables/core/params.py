@@ -16,6 +16,7 @@ class Param:
     """One hyperparameter: its type, default, and default search range (low/high or choices).
 
     A Param without a range is fixed at its default unless a spec gives a range or a value.
+    `allowed` lists the values a categorical Param accepts when it is not searched by default.
     """
 
     kind: Kind
@@ -24,6 +25,7 @@ class Param:
     high: float | None = None
     log: bool = False
     choices: tuple[Any, ...] | None = None
+    allowed: tuple[Any, ...] | None = None
     minimum: float | None = None
     doc: str = ""
 
@@ -32,14 +34,18 @@ class Param:
         return self.choices is not None or (self.low is not None and self.high is not None)
 
     def check_value(self, value: Any, key: str) -> Any:
-        """Return `value` coerced to this kind, or raise ConfigError naming `key`."""
+        """Return `value` coerced to this kind, or raise ConfigError naming `key`. A Param whose
+        default is None also takes None (meaning: the method's own rule, e.g. a step size)."""
+        if value is None and self.default is None:
+            return None
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise ConfigError(f"{key}: expected true or false, got {value!r}")
             return value
         if self.kind == "categorical":
-            if self.choices is not None and value not in self.choices:
-                raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {list(self.choices)}")
+            allowed = self.allowed or self.choices
+            if allowed is not None and value not in allowed:
+                raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {list(allowed)}")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             article = "an" if self.kind == "int" else "a"
@@ -95,4 +101,6 @@ class Param:
         if self.searchable:
             scale = " log" if self.log else ""
             return f"{self.kind} in [{self.low}, {self.high}]{scale}"
+        if self.default is None:
+            return f"fixed None ({self.doc})"
         return f"fixed {self.default!r}"
