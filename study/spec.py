@@ -15,6 +15,7 @@ import yaml
 
 from trainables.core.methods import METHODS, method_params
 from trainables.core.params import Param
+from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
 from trainables.core.schema import apply_overrides, parse, require, to_dict
 from trainables.core.train import RunSettings
@@ -191,6 +192,6 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> StudySpec:
         raise ConfigError(f"spec: {path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"spec: {path} must hold a mapping of sections")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(apply_preset(raw), overrides or [])
     raw.setdefault("name", path.stem)
     return parse(StudySpec, raw, "")

@@ -25,6 +25,7 @@ from trainables.core.data import DataBundle, DataConfig, load_data, train_batche
 from trainables.core.evaluation import EvalConfig, evaluate
 from trainables.core.methods import METHODS, Method, StepContext, build_method, check_hparams
 from trainables.core.models import ModelConfig, build_model
+from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
 from trainables.core.schema import apply_overrides, parse, require
 
@@ -211,9 +212,10 @@ def fit(
 
 
 def load_run_config(path: Path, overrides: list[str]) -> RunConfig:
-    """A run YAML (data, model, train, eval, method sections) with `--set` overrides applied."""
+    """A run YAML (data, model, train, eval, method sections, or a `preset`) with `--set`
+    overrides applied."""
     raw = yaml.safe_load(path.read_text()) or {}
-    return parse(RunConfig, apply_overrides(raw, overrides), "")
+    return parse(RunConfig, apply_overrides(apply_preset(raw), overrides), "")
 
 
 def main(argv: list[str] | None = None) -> int:

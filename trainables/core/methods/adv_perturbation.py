@@ -51,7 +51,7 @@ def perturbation_penalty(model: nn.Module, x: torch.Tensor, num_classes: int, ep
 @METHODS.register("adv_perturbation_penalty")
 class AdvPerturbationPenalty(Method):
     params = {
-        "epsilon": Param("float", 0.5, low=0.05, high=3.0, log=True, minimum=0.0, doc="l2 radius, pixel units"),
+        "epsilon": Param("float", 0.1, low=0.05, high=3.0, log=True, minimum=0.0, doc="l2 radius, pixel units"),
         "steps": Param("int", 5, minimum=1, doc="ascent steps"),
         "lambda": Param("float", 1.0, minimum=0.0, doc="penalty weight (the reference has none: 1)"),
     }

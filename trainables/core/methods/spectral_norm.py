@@ -79,8 +79,8 @@ class SpectralControl(Method):
 @METHODS.register("sn_projection")
 class SnProjection(SpectralControl):
     params = {
-        "tau": Param("float", 1.0, low=0.3, high=3.0, log=True, minimum=0.0, doc="final radius"),
-        "kappa": Param("float", 50.0, low=5.0, high=200.0, log=True, minimum=1e-9, doc="decay, in epochs"),
+        "tau": Param("float", 0.5, low=0.3, high=3.0, log=True, minimum=0.0, doc="final radius"),
+        "kappa": Param("float", 2.0, low=0.5, high=100.0, log=True, minimum=1e-9, doc="decay, in epochs"),
         "sn_mode": SN_MODE,
     }
     source = "kernel_reg (--project_sn): singular values clipped after every step"
@@ -108,7 +108,7 @@ class SnProjection(SpectralControl):
 @METHODS.register("sn_penalty")
 class SnPenalty(SpectralControl):
     params = {
-        "lambda_sn": Param("float", 1e-3, low=1e-5, high=1e-1, log=True, minimum=0.0, doc="penalty weight"),
+        "lambda_sn": Param("float", 0.01, low=1e-4, high=1.0, log=True, minimum=0.0, doc="penalty weight"),
         "iterations": Param("int", 2, minimum=1, doc="power iterations per step (the reference's nb_it)"),
         "svd": Param("bool", False, doc="exact top singular vectors instead of power iteration"),
         "sn_mode": SN_MODE,

@@ -1,0 +1,112 @@
+"""The kernel_reg reference's final evaluation of a trained model, logged back to its run.
+
+    python -m study.evaluate --tracking-uri URI --run-id TRIAL_RUN_ID
+    python -m study.evaluate --checkpoint runs/STUDY/TRIAL/checkpoint_000009 --spec runs/STUDY/spec.yaml
+
+Full test set; clean accuracy; untargeted l2 PGD from delta = 0, 100 steps of fixed length 0.5,
+at eps 0.1, 0.5, 1.0, 1.5; linf PGD from delta = 0, 100 sign steps of 0.01, at eps 1, 2, 5, 8
+/255. With --run-id the model is the run's final weights and the settings its study's spec; the
+results are logged to that run as `final_*` metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from analysis.records import PARENT_TAG
+from study.spec import StudySpec, load_spec
+from study.storage import SPEC_FILE
+from trainables.core.data import load_data
+from trainables.core.evaluation import AttackEval, EvalConfig, evaluate
+from trainables.core.models import build_model
+from trainables.core.registry import ConfigError
+from trainables.core.train import resolve_device
+from trainables.trainable import MODEL_FILE
+
+L2_EPS = [0.1, 0.5, 1.0, 1.5]
+LINF_EPS = [1 / 255, 2 / 255, 5 / 255, 8 / 255]
+
+
+def reference_evaluation(examples: int | None, steps: int, batch_size: int) -> EvalConfig:
+    return EvalConfig(
+        split="test", examples=examples, batch_size=batch_size,
+        items=[AttackEval(attack="pgd_l2", eps=L2_EPS, steps=steps, step_size=0.5),
+               AttackEval(attack="pgd_linf", eps=LINF_EPS, steps=steps, step_size=0.01)],
+    )
+
+
+def evaluate_weights(spec: StudySpec, weights: dict, config: EvalConfig) -> dict[str, float]:
+    device = resolve_device(spec.train.device)
+    data = load_data(spec.data).to(device)
+    model = build_model(spec.model, data.info).to(device)
+    model.load_state_dict(weights)
+    return evaluate(model, data, config)
+
+
+def from_run(client: MlflowClient, run_id: str, folder: Path) -> tuple[StudySpec, dict]:
+    """The study spec and final weights of a trial run."""
+    run = client.get_run(run_id)
+    parent = run.data.tags.get(PARENT_TAG)
+    if parent is None:
+        raise ConfigError(f"--run-id: {run_id} is not a trial run of a study (no {PARENT_TAG} tag)")
+    spec = load_spec(Path(client.download_artifacts(parent, SPEC_FILE, str(folder))))
+    weights = torch.load(client.download_artifacts(run_id, f"model/{MODEL_FILE}", str(folder)),
+                         map_location="cpu", weights_only=True)
+    return spec, weights
+
+
+def from_checkpoint(checkpoint: Path, spec_path: Path) -> tuple[StudySpec, dict]:
+    """A Tune checkpoint folder (or a model.pt / state.pt file) and the spec it was trained under."""
+    path = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
+    if not path.is_file():
+        raise ConfigError(f"--checkpoint: {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return load_spec(spec_path), state.get("model", state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.evaluate", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-id", help="an MLflow trial run (its results are logged back to it)")
+    source.add_argument("--checkpoint", type=Path, help="a trial's checkpoint folder, model.pt or state.pt")
+    parser.add_argument("--tracking-uri", help="with --run-id: the study's MLflow tracking URI")
+    parser.add_argument("--spec", type=Path, help="with --checkpoint: the study's spec.yaml")
+    parser.add_argument("--examples", type=int, help="first N test examples (default: all)")
+    parser.add_argument("--steps", type=int, default=100, help="PGD steps (default 100, as the reference)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args(argv)
+    config = reference_evaluation(args.examples, args.steps, args.batch_size)
+    try:
+        if args.run_id:
+            if not args.tracking_uri:
+                raise ConfigError("--tracking-uri: required with --run-id")
+            client = MlflowClient(args.tracking_uri)
+            with tempfile.TemporaryDirectory() as folder:
+                spec, weights = from_run(client, args.run_id, Path(folder))
+        else:
+            if args.spec is None:
+                raise ConfigError("--spec: required with --checkpoint (the study's spec.yaml)")
+            spec, weights = from_checkpoint(args.checkpoint, args.spec)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    metrics = {f"final_{name}": value for name, value in evaluate_weights(spec, weights, config).items()}
+    for name, value in metrics.items():
+        print(f"{name:32s} {value:.4f}")
+    if args.run_id:
+        now = int(time.time() * 1000)
+        client.log_batch(args.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        print(f"logged to run {args.run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

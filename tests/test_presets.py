@@ -1,0 +1,43 @@
+"""Presets: the reference's training settings by name, overridable key by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study.spec import load_spec
+from trainables.core.presets import PRESETS
+from trainables.core.registry import ConfigError
+
+
+def spec_with(tmp_path: Path, **sections: object) -> Path:
+    spec = {"name": "p", "methods": {"clean": {}}, **sections}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_the_reference_presets_exist_with_and_without_augmentation() -> None:
+    bases = [f"{d}_{m}" for d in ("cifar10small1000", "cifar10small5000", "cifar10") for m in ("vgg", "resnet")]
+    assert set(PRESETS.names()) == set(bases) | {f"{b}_no_aug" for b in bases}
+    assert PRESETS.get("cifar10_resnet_no_aug")["data"]["augment"] == {"crop": 0, "flip": False}
+
+
+def test_a_preset_is_overridden_key_by_key(tmp_path: Path) -> None:
+    spec = load_spec(spec_with(tmp_path, preset="cifar10small1000_vgg", train={"epochs": 3},
+                               data={"augment": {"flip": False}}), ["train.lr=0.01"])
+    assert (spec.data.dataset, spec.data.subset, spec.data.val) == ("cifar10", 1000, 10000)
+    assert (spec.data.augment.crop, spec.data.augment.flip) == (4, False)
+    assert spec.model.name == "vgg11"
+    assert (spec.train.epochs, spec.train.lr, spec.train.momentum, spec.train.optimizer) == (3, 0.01, 0.9, "sgd")
+    assert (spec.train.schedule.kind, spec.train.schedule.step_epochs, spec.train.schedule.gamma) == ("step", 40, 0.5)
+    full = load_spec(spec_with(tmp_path, preset="cifar10_resnet"))
+    assert (full.data.subset, full.train.lr, full.model.name) == (None, 0.1, "resnet18")
+    assert full.train.schedule.step_epochs == 30
+
+
+def test_an_unknown_preset_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="preset: unknown preset 'cifar10_vit'; allowed: cifar10_resnet"):
+        load_spec(spec_with(tmp_path, preset="cifar10_vit"))
