@@ -19,6 +19,13 @@ def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
     return delta * (eps / per_example_norm(delta).clamp_min(eps))
 
 
+def loss_gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """grad of the summed cross-entropy with respect to the (perturbed) input."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)
+    return grad
+
+
 def pgd_l2(
     model: nn.Module,
     x: torch.Tensor,
@@ -32,10 +39,8 @@ def pgd_l2(
     step projected on the eps-ball (and onto [0, 1] pixels when `clip`). Returns x + delta."""
     delta = torch.zeros_like(x)
     for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = delta.detach() + step_size * grad / per_example_norm(grad).clamp_min(1e-12)
+        grad = loss_gradient(model, x + delta, y)
+        delta = delta + step_size * grad / per_example_norm(grad).clamp_min(1e-12)
         delta = project_l2(delta, eps)
         if clip:
             delta = (x + delta).clamp(0.0, 1.0) - x
@@ -60,10 +65,7 @@ def pgd_linf(
     else:
         delta = eps * (2 * torch.rand(x.shape, generator=generator, device=x.device) - 1)
     for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
+        delta = (delta + step_size * loss_gradient(model, x + delta, y).sign()).clamp(-eps, eps)
         if clip:
             delta = (x + delta).clamp(0.0, 1.0) - x
     return (x + delta).detach()

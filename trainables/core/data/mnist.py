@@ -44,29 +44,35 @@ def load_idx_dataset(files: dict[str, Path], info: DatasetInfo) -> Splits:
     return Splits(info=info, **tensors)
 
 
-@DATASETS.register("fashion_mnist")
-def fashion_mnist(root: Path) -> Splits:
-    folders = [root / "FashionMNIST" / "raw", root / "fashion-mnist", root, DEBIAN_FASHION_MNIST]
-    files = locate_idx(
-        "fashion_mnist",
-        folders,
-        lambda: torchvision.datasets.FashionMNIST(str(root), download=True),
-        "`apt-get install dataset-fashion-mnist` (Debian), or set data.root to a folder with the "
-        "IDX files, or run once where a network exists.",
-    )
-    info = DatasetInfo("fashion_mnist", 10, (1, 28, 28), (0.2860,), (0.3530,))
-    return load_idx_dataset(files, info)
+def register_idx_dataset(
+    name: str, info: DatasetInfo, folders: Callable[[Path], list[Path]], torchvision_class: str, how_to_get: str
+) -> None:
+    """Register an IDX data set: looked up in `folders(root)`, else downloaded by the torchvision
+    data set class of that name."""
+
+    def load(root: Path) -> Splits:
+        def download() -> object:
+            return getattr(torchvision.datasets, torchvision_class)(str(root), download=True)
+
+        files = locate_idx(name, folders(root), download, how_to_get)
+        return load_idx_dataset(files, info)
+
+    DATASETS.register(name)(load)
 
 
-@DATASETS.register("mnist")
-def mnist(root: Path) -> Splits:
-    folders = [root / "MNIST" / "raw", root / "mnist", root]
-    files = locate_idx(
-        "mnist",
-        folders,
-        lambda: torchvision.datasets.MNIST(str(root), download=True),
-        "run once where a network exists (torchvision downloads to data.root/MNIST/raw), or copy "
-        "the IDX files into one of the folders above.",
-    )
-    info = DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,))
-    return load_idx_dataset(files, info)
+register_idx_dataset(
+    "fashion_mnist",
+    DatasetInfo("fashion_mnist", 10, (1, 28, 28), (0.2860,), (0.3530,)),
+    lambda root: [root / "FashionMNIST" / "raw", root / "fashion-mnist", root, DEBIAN_FASHION_MNIST],
+    "FashionMNIST",
+    "`apt-get install dataset-fashion-mnist` (Debian), or set data.root to a folder with the "
+    "IDX files, or run once where a network exists.",
+)
+register_idx_dataset(
+    "mnist",
+    DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,)),
+    lambda root: [root / "MNIST" / "raw", root / "mnist", root],
+    "MNIST",
+    "run once where a network exists (torchvision downloads to data.root/MNIST/raw), or copy "
+    "the IDX files into one of the folders above.",
+)

@@ -22,21 +22,30 @@ def loss_and_input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) 
     return losses.mean(), grad
 
 
-@METHODS.register("loss_gradl2")
-class LossGradL2(Method):
+class LossGradientPenalty(Method):
+    """CE + lambda * norm(g) / n; subclasses say which norm."""
+
     params = {"lambda": LAMBDA}
-    source = "kernel_reg (--reg_loss_gradl2)"
+
+    def norm(self, grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         ce, grad = loss_and_input_gradient(model, x, y)
-        return ce + self.hp["lambda"] * grad.pow(2).sum() / x.shape[0]
+        return ce + self.hp["lambda"] * self.norm(grad) / x.shape[0]
+
+
+@METHODS.register("loss_gradl2")
+class LossGradL2(LossGradientPenalty):
+    source = "kernel_reg (--reg_loss_gradl2)"
+
+    def norm(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.pow(2).sum()
 
 
 @METHODS.register("loss_gradl1")
-class LossGradL1(Method):
-    params = {"lambda": LAMBDA}
+class LossGradL1(LossGradientPenalty):
     source = "kernel_reg (--reg_loss_gradl1)"
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        ce, grad = loss_and_input_gradient(model, x, y)
-        return ce + self.hp["lambda"] * grad.abs().sum() / x.shape[0]
+    def norm(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.abs().sum()
