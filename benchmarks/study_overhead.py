@@ -5,7 +5,7 @@ MLflow, checkpoints included) as a ratio to the sum of the same trials' training
 (`core.fit` in this process, one after another), and the time from launch to the first trial's
 first epoch. Prints a table.
 
-    python benchmarks/study_overhead.py [--trials 4] [--epochs 2] [--subset 2000]
+    python benchmarks/study_overhead.py [--trials 4] [--epochs 2] [--subset 10000]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--subset", type=int, default=2000)
+    parser.add_argument("--subset", type=int, default=10000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

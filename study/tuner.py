@@ -69,6 +69,7 @@ def build_tuner(
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),
             num_samples=spec.search.num_samples,
+            reuse_actors=True,  # trials of a study share resources: skip a process start per trial
         ),
         run_config=tune.RunConfig(
             name=run_name,

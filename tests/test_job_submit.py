@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,13 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import ROOT, free_port, kill_session, study_runs, tiny_spec, write_spec
 
 pytestmark = pytest.mark.integration
+RAY_CLI = str(Path(sys.executable).with_name("ray"))  # the CLI of this interpreter's Ray
 
 
 def test_a_study_runs_as_a_ray_job(tiny_fashion_root: Path, tmp_path: Path) -> None:
     port, dashboard = free_port(), free_port()
     head = subprocess.Popen(
-        ["ray", "start", "--head", "--port", str(port), "--dashboard-port", str(dashboard), "--num-cpus", "2",
+        [RAY_CLI, "start", "--head", "--port", str(port), "--dashboard-port", str(dashboard), "--num-cpus", "2",
          "--include-dashboard", "true", "--disable-usage-stats", "--dashboard-host", "127.0.0.1"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
@@ -28,8 +30,8 @@ def test_a_study_runs_as_a_ray_job(tiny_fashion_root: Path, tmp_path: Path) -> N
         spec = write_spec(tmp_path, tiny_spec(tiny_fashion_root, name="job", search={"num_samples": 2}))
         storage = tmp_path / "runs"
         job = subprocess.run(
-            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--",
-             "python", "-m", "study.launch", str(spec), "--storage", str(storage)],
+            [RAY_CLI, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--",
+             sys.executable, "-m", "study.launch", str(spec), "--storage", str(storage)],
             cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_AUTH_MODE": "token"},
         )
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
