@@ -20,7 +20,7 @@ def reads_share_memory(refs: list) -> bool:
 
 def test_the_data_bundle_is_mapped_from_the_object_store_not_copied(tiny_fashion_root: Path) -> None:
     data = load_data(DataConfig("fashion_mnist", root=str(tiny_fashion_root), subset=400, val=100))
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         ref = ray.put(data)
         first, second = ray.get(ref), ray.get(ref)
