@@ -1,5 +1,5 @@
 """`gradient_penalty` (||grad f||^2, kernel_reg): for each class k, the example of the batch
-with the largest ||grad_x f_k(x_i)||^2 (one backward over the K-replicated batch), then
+with the largest ||grad_x f_k(x_i)||^2, then
 lambda * sum_k ||grad_x f_k(x_{i*_k})||^2 with double backprop, added to the cross-entropy."""
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ def per_class_outputs(model: nn.Module, x_copies: torch.Tensor, n: int) -> torch
 
 
 def steepest_examples(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """i*_k = argmax_i ||grad_x f_k(x_i)||^2 for every class k."""
-    n = x.shape[0]
-    copies = x.detach().repeat(num_classes, *([1] * (x.dim() - 1))).requires_grad_(True)
-    (grad,) = torch.autograd.grad(per_class_outputs(model, copies, n), copies)
-    return grad.view(num_classes, n, -1).pow(2).sum(dim=2).argmax(dim=1)
+    """i*_k = argmax_i ||grad_x f_k(x_i)||^2 for every class k: one forward pass, then the K
+    backward passes batched (vmap) instead of the reference's K-times replicated batch, which
+    gives the same gradients at about half the cost."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    one_hot = torch.eye(num_classes, device=x.device, dtype=logits.dtype).unsqueeze(1).expand(-1, len(x), -1)
+    (grad,) = torch.autograd.grad(logits, x, grad_outputs=one_hot, is_grads_batched=True)
+    return grad.flatten(2).pow(2).sum(dim=2).argmax(dim=1)
 
 
 def supremum_gradient_penalty(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
