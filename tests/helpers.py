@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from analysis.records import PARENT_TAG, STUDY_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
+RAY_CLI = str(Path(sys.executable).with_name("ray"))  # the CLI of this interpreter's Ray
 
 
 def tiny_spec(data_root: Path, name: str = "tiny", **sections: dict) -> dict:

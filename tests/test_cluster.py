@@ -9,12 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from analysis.records import FAILURES_TAG, NODE_TAG
 from tests.helpers import (
+    RAY_CLI,
     epochs_logged,
+    kill_session,
     launch_command,
     mlflow_server,
     start_launch,
@@ -125,6 +128,39 @@ def test_a_node_removed_mid_study_reschedules_its_trials(
         assert epochs_logged(client, run) == [1, 2, 3, 4, 5], "resumed from its checkpoint, each epoch once"
     details = [(r.data.tags.get(NODE_TAG), r.data.tags.get(FAILURES_TAG)) for r in children]
     assert {r.data.tags[NODE_TAG] for r in moved} == {survivor}, (victim.node_id, survivor, details)
+
+
+def test_a_storage_folder_some_node_cannot_see_is_refused(tiny_fashion_root: Path, tmp_path: Path) -> None:
+    """A second node in its own mount namespace, where the storage folder is hidden under a
+    tmpfs: the launcher's probe task on that node cannot see the probe file, so it refuses."""
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    with open(tmp_path / "blind-node.log", "wb") as log:
+        blind = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             f"mount -t tmpfs none {storage} && exec {RAY_CLI} start --address={head.address} --num-cpus=1 --block"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        ray.init(address=head.address, log_to_driver=False)
+        try:
+            wait_until(lambda: sum(n["Alive"] for n in ray.nodes()) == 2, 120, "the blind node", blind,
+                       tmp_path / "blind-node.log")
+        finally:
+            ray.shutdown()
+        spec = write_spec(tmp_path, cluster_spec(tiny_fashion_root, "blind", 1, 1))
+        done = subprocess.run(
+            launch_command(spec, "--address", head.address, "--storage", str(storage),
+                           "--tracking-uri", "http://127.0.0.1:5000"),
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        kill_session(blind.pid)
+        head.shutdown()
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"error: --storage: {storage} is not shared: node(s)" in done.stderr and "cannot see it" in done.stderr
+    assert list(storage.iterdir()) == [], "refused before anything was written"
 
 
 def test_fractional_gpus_pack_trials_onto_one_gpu(tiny_fashion_root: Path, tmp_path: Path) -> None:

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, free_port, kill_session, study_runs, tiny_spec, write_spec
+from tests.helpers import RAY_CLI, ROOT, free_port, kill_session, study_runs, tiny_spec, write_spec
 
 pytestmark = pytest.mark.integration
-RAY_CLI = str(Path(sys.executable).with_name("ray"))  # the CLI of this interpreter's Ray
 
 
 def test_a_study_runs_as_a_ray_job(tiny_fashion_root: Path, tmp_path: Path) -> None:
