@@ -14,6 +14,7 @@ ROBUST_METRIC_TAG = "robust_study.robust_metric"
 FAILURE_TAG = "robust_study.failure"
 FAILURES_TAG = "robust_study.failures"
 NODE_TAG = "robust_study.node_id"
+ORPHAN_TAG = "robust_study.orphaned"
 
 
 def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> str:

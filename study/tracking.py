@@ -23,6 +23,7 @@ from analysis.records import (
     FAILURES_TAG,
     METHOD_TAG,
     NODE_TAG,
+    ORPHAN_TAG,
     PARENT_TAG,
     ROBUST_METRIC_TAG,
     STUDY_TAG,
@@ -175,6 +176,7 @@ class TrialTracker(tune.Callback):
         """Make every run's status match its trial's as last saved by Tune, also for events a
         killed driver never saw; trials neither finished nor failed (an interrupted study) are
         KILLED. Returns how many trials are unfinished."""
+        self.retire_orphans({trial.trial_id for trial in trials})
         unfinished = 0
         for trial in trials:
             run_id = self.run_for(trial)
@@ -190,6 +192,21 @@ class TrialTracker(tune.Callback):
                 if status == RUNNING:
                     self.client.set_terminated(run_id, KILLED)
         return unfinished
+
+    def retire_orphans(self, known: set[str]) -> None:
+        """Runs of trials that a killed driver started after Tune last saved its state: Tune
+        no longer knows them and samples anew, so they are marked KILLED, tagged, and
+        soft-deleted (kept, restorable with `mlflow runs restore`) to leave one run per trial."""
+        parent = self.client.get_run(self.parent_run_id)
+        runs = self.client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+            max_results=50000,
+        )
+        for run in runs:
+            if run.data.tags.get(TRIAL_TAG) not in known:
+                self.client.set_tag(run.info.run_id, ORPHAN_TAG, "started by a driver that died before Tune saved it")
+                self.client.set_terminated(run.info.run_id, KILLED)
+                self.client.delete_run(run.info.run_id)
 
     def finish(self, trial: Trial) -> None:
         run_id = self.run_for(trial)

@@ -8,9 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from analysis.records import BUDGET_TAG, FAILURE_TAG, FAILURES_TAG, METHOD_TAG
+from analysis.records import BUDGET_TAG, FAILURE_TAG, FAILURES_TAG, METHOD_TAG, ORPHAN_TAG
 from tests.helpers import (
     epochs_logged,
     kill_session,
@@ -95,6 +96,9 @@ def test_ctrl_c_then_sigkill_then_resume_records_everything_once(tiny_fashion_ro
     parents, children = study_runs(client, "resume")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4, "one MLflow run per trial, none duplicated by the restarts"
+    experiment_id = client.get_experiment_by_name("resume").experiment_id
+    for orphan in client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY):
+        assert ORPHAN_TAG in orphan.data.tags and orphan.info.status == "KILLED", "only lost trials are retired"
     for run in children:
         assert run.info.status == "FINISHED" and run.data.tags[BUDGET_TAG] == "full"
         for metric in ("train_loss", "clean_acc", "robust_acc"):
