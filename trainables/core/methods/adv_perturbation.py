@@ -16,8 +16,14 @@ from torch.nn import functional as F
 
 from trainables.core.attacks import per_example_norm, project_l2
 from trainables.core.methods import METHODS, Method, StepContext
-from trainables.core.methods.gradient_penalty import per_class_outputs
 from trainables.core.params import Param
+
+
+def per_class_outputs(model: nn.Module, x_copies: torch.Tensor, n: int) -> torch.Tensor:
+    """sum over copies k and examples i of f_k(copy k of x_i): copy k carries class k's objective."""
+    k = x_copies.shape[0] // n
+    logits = model(x_copies).view(k, n, -1)
+    return logits.diagonal(dim1=0, dim2=2).sum()
 
 
 def class_ascent(model: nn.Module, x: torch.Tensor, num_classes: int, eps: float, steps: int) -> torch.Tensor:

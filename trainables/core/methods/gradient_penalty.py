@@ -12,13 +12,6 @@ from trainables.core.methods import METHODS, Method, StepContext
 from trainables.core.params import Param
 
 
-def per_class_outputs(model: nn.Module, x_copies: torch.Tensor, n: int) -> torch.Tensor:
-    """sum over copies k and examples i of f_k(copy k of x_i): copy k carries class k's objective."""
-    k = x_copies.shape[0] // n
-    logits = model(x_copies).view(k, n, -1)
-    return logits.diagonal(dim1=0, dim2=2).sum()
-
-
 def steepest_examples(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
     """i*_k = argmax_i ||grad_x f_k(x_i)||^2 for every class k: one forward pass, then the K
     backward passes batched (vmap) instead of the reference's K-times replicated batch, which
