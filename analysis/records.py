@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -38,17 +39,20 @@ def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | N
 TRIAL_COLUMNS = ["run_id", "status", "method", "budget", "metrics.clean_acc", "metrics.robust_acc"]
 
 
+def child_runs(client: MlflowClient, parent_run_id: str, trial_id: str | None = None) -> list[Run]:
+    """The (active) trial runs of a study, or the run of one trial."""
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    if trial_id is not None:
+        query += f" and tags.`{TRIAL_TAG}` = '{trial_id}'"
+    return client.search_runs([experiment_id], filter_string=query, max_results=50000)
+
+
 def trial_runs(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
     """One row per trial run of the study: run_id, status, method, budget, hyperparameters
     (`params.*`) and the last value of each metric (`metrics.*`); the TRIAL_COLUMNS always."""
-    parent = client.get_run(parent_run_id)
-    runs = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-        max_results=50000,
-    )
     rows = []
-    for run in runs:
+    for run in child_runs(client, parent_run_id):
         row = {
             "run_id": run.info.run_id,
             "status": run.info.status,

@@ -28,6 +28,7 @@ from analysis.records import (
     ROBUST_METRIC_TAG,
     STUDY_TAG,
     TRIAL_TAG,
+    child_runs,
 )
 from trainables.trainable import MODEL_FILE
 
@@ -124,11 +125,7 @@ class TrialTracker(tune.Callback):
         """The trial's run: known, found by its tag (after a driver restart), or created."""
         if trial.trial_id in self.trial_runs:
             return self.trial_runs[trial.trial_id]
-        parent = self.client.get_run(self.parent_run_id)
-        found = self.client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial.trial_id}'",
-        )
+        found = child_runs(self.client, self.parent_run_id, trial.trial_id)
         if found:
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, "train_loss")
@@ -136,7 +133,7 @@ class TrialTracker(tune.Callback):
         else:
             method = trial.config["method"]
             run = self.client.create_run(
-                parent.info.experiment_id,
+                self.client.get_run(self.parent_run_id).info.experiment_id,
                 run_name=f"{trial.trial_id}-{method}",
                 tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: method},
             )
@@ -197,12 +194,7 @@ class TrialTracker(tune.Callback):
         """Runs of trials that a killed driver started after Tune last saved its state: Tune
         no longer knows them and samples anew, so they are marked KILLED, tagged, and
         soft-deleted (kept, restorable with `mlflow runs restore`) to leave one run per trial."""
-        parent = self.client.get_run(self.parent_run_id)
-        runs = self.client.search_runs(
-            [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
-            max_results=50000,
-        )
-        for run in runs:
+        for run in child_runs(self.client, self.parent_run_id):
             if run.data.tags.get(TRIAL_TAG) not in known:
                 self.client.set_tag(run.info.run_id, ORPHAN_TAG, "started by a driver that died before Tune saved it")
                 self.client.set_terminated(run.info.run_id, KILLED)
