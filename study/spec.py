@@ -160,7 +160,9 @@ class StudySpec(RunSettings):
                 if name != "method":
                     require(name in declared, f"{key}.{name}",
                             f"unknown hyperparameter of {point['method']}; allowed: {', '.join(declared)}")
-                    declared[name].check_value(value, f"{key}.{name}")
+                    value = declared[name].check_value(value, f"{key}.{name}")
+                    require(declared[name].searchable or value == declared[name].default, f"{key}.{name}",
+                            f"fixed at {declared[name].default!r} in this study; search.first sets searched ones")
         require(self.scheduler.metric in measured, "scheduler.metric",
                 f"{self.scheduler.metric!r} is not measured; allowed: {', '.join(measured)}")
         if self.scheduler.kind == "asha":

@@ -75,6 +75,8 @@ def test_quickstart_resolves_declared_and_overridden_ranges() -> None:
         ({"search__first": [{"method": "pgd_l2", "lambda": 1}]},
          r"search.first\[0\].lambda: unknown hyperparameter of pgd_l2; allowed: epsilon"),
         ({"search__first": [{"method": "pgd_l2", "epsilon": -1}]}, r"search.first\[0\].epsilon: must be >= 0.0"),
+        ({"search__first": [{"method": "pgd_l2", "steps": 3}]},
+         r"search.first\[0\].steps: fixed at 5 in this study; search.first sets searched ones"),
         ({"resources__gpu": 1.5}, r"resources.gpu: must be a fraction in \[0, 1\]"),
         ({"methods": None}, r"methods: required"),
         ({"train__epochs": None}, r"train.epochs: required key is missing"),
