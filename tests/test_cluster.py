@@ -100,21 +100,23 @@ def test_trials_spread_over_two_nodes(
 def test_a_node_removed_mid_study_reschedules_its_trials(
     cluster: Cluster, tracking_uri: str, tiny_fashion_root: Path, tmp_path: Path
 ) -> None:
-    spec = write_spec(tmp_path, cluster_spec(tiny_fashion_root, "node-loss", 5, 3))
+    epochs = 10
+    spec = write_spec(tmp_path, cluster_spec(tiny_fashion_root, "node-loss", epochs, 3))
     log = tmp_path / "launch.log"
     client = MlflowClient(tracking_uri)
     victim = list(cluster.worker_nodes)[-1]
     survivor = next(iter(worker_ids(cluster) - {victim.node_id}))
 
-    def victim_trained_an_epoch() -> bool:
-        return any(r.data.tags.get(NODE_TAG) == victim.node_id and epochs_logged(client, r)
-                   for r in study_runs(client, "node-loss")[1])
+    def victim_epochs() -> list[int]:
+        return [len(epochs_logged(client, r)) for r in study_runs(client, "node-loss")[1]
+                if r.data.tags.get(NODE_TAG) == victim.node_id]
 
     driver = start_launch(spec, "--address", cluster.address, "--storage", str(tmp_path / "runs"),
                           "--tracking-uri", tracking_uri, log=log)
     try:
-        wait_until(victim_trained_an_epoch, 300, "an epoch on the node to remove", driver, log)
+        wait_until(lambda: any(victim_epochs()), 300, "an epoch on the node to remove", driver, log)
         cluster.remove_node(victim, allow_graceful=False)
+        assert min(victim_epochs()) < epochs, "the node was removed before its trial ended"
         assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:
         if driver.poll() is None:
@@ -125,7 +127,7 @@ def test_a_node_removed_mid_study_reschedules_its_trials(
     assert moved, "the removed node's trial failed over"
     for run in children:
         assert run.info.status == "FINISHED"
-        assert epochs_logged(client, run) == [1, 2, 3, 4, 5], "resumed from its checkpoint, each epoch once"
+        assert epochs_logged(client, run) == list(range(1, epochs + 1)), "resumed from its checkpoint, each epoch once"
     details = [(r.data.tags.get(NODE_TAG), r.data.tags.get(FAILURES_TAG)) for r in children]
     assert {r.data.tags[NODE_TAG] for r in moved} == {survivor}, (victim.node_id, survivor, details)
 
