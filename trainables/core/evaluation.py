@@ -1,61 +1,195 @@
 """Per-epoch evaluation: clean accuracy and each configured item's metrics on a fixed subset.
 
 Metric names: `clean_acc`; an attack item gives `{attack}_eps{eps}_acc` for each eps
-(e.g. `pgd_l2_eps0.5_acc`); `robust_acc` repeats the study's primary robust metric.
+(e.g. `pgd_l2_eps0.5_acc`, `targeted_pgd_linf_eps0.03_acc`) and, with two or more eps, the
+area under its accuracy-vs-eps curve `{attack}_auc`; a noise item gives `uniform_eps{eps}_acc`
+or `lrc_zeta{zeta}_eps{eps}_acc`; DeepFool gives `deepfool_rho`. `robust_acc` repeats the
+study's primary robust metric. An example counts as robust only when it is classified
+correctly both clean and under the attack (under every one of the k noise draws).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from trainables.core.attacks import ATTACKS
+from trainables.core.attacks import ATTACKS, deepfool, uniform_noise
+from trainables.core.covariance import LrcNoise
 from trainables.core.data import DataBundle, eval_batches
 from trainables.core.registry import ConfigError, Registry
 from trainables.core.schema import parse, require
 
 EVALUATIONS: Registry[type] = Registry("evaluation kind")
+ONE_STEP_ATTACKS = ("fgsm", "fgm")
+DEFAULT_STEPS = 20
 
 
 def metric_name(prefix: str, eps: float) -> str:
     return f"{prefix}_eps{eps:.4g}_acc"
 
 
+def curve_area(clean: float, eps: list[float], accuracies: list[float]) -> float:
+    """The area under accuracy vs eps from (0, clean) to the largest eps, over that eps: the
+    mean accuracy over the range of strengths (trapezoid rule)."""
+    points = sorted(zip([0.0, *eps], [clean, *accuracies], strict=True))
+    area = sum((e1 - e0) * (a0 + a1) / 2 for (e0, a0), (e1, a1) in zip(points, points[1:], strict=False))
+    return area / points[-1][0]
+
+
+def check_eps(eps: list[float], path: str) -> None:
+    require(bool(eps) and all(e > 0 for e in eps), f"{path}.eps",
+            f"needs one or more positive epsilons, got {eps}")
+
+
 @EVALUATIONS.register("attack")
 @dataclass
 class AttackEval:
-    """Robust accuracy under an attack at each eps: correct on the clean and the attacked input.
-    `step_size` defaults to 2.5 * eps / steps. Attacks start from delta = 0 (deterministic)."""
+    """Robust accuracy under a gradient attack at each eps: pgd_l2, pgd_linf (`steps`, default
+    20; `step_size`, default 2.5 * eps / steps), or the one-step fgsm and fgm. `targeted`: each
+    example is pushed towards a random other class (drawn from the evaluation's seeded
+    generator). Attacks start from delta = 0 (deterministic)."""
 
     kind: Literal["attack"] = "attack"
     attack: str = "pgd_l2"
     eps: list[float] = field(default_factory=lambda: [0.5])
-    steps: int = 20
+    steps: int | None = None
     step_size: float | None = None
+    targeted: bool = False
 
     def check(self, path: str) -> None:
         ATTACKS.get(self.attack, f"{path}.attack")
-        require(bool(self.eps) and all(e > 0 for e in self.eps), f"{path}.eps",
-                f"needs one or more positive epsilons, got {self.eps}")
-        require(self.steps > 0, f"{path}.steps", f"must be > 0, got {self.steps}")
+        check_eps(self.eps, path)
+        if self.attack in ONE_STEP_ATTACKS:
+            require(self.steps is None and self.step_size is None, f"{path}.steps",
+                    f"{self.attack} takes one step of length eps; steps and step_size are for pgd_l2 / pgd_linf")
+        require(self.steps is None or self.steps > 0, f"{path}.steps", f"must be > 0, got {self.steps}")
+
+    @property
+    def prefix(self) -> str:
+        return f"targeted_{self.attack}" if self.targeted else self.attack
 
     def metric_names(self) -> list[str]:
-        return [metric_name(self.attack, eps) for eps in self.eps]
+        names = [metric_name(self.prefix, eps) for eps in self.eps]
+        return names + [f"{self.prefix}_auc"] if len(self.eps) > 1 else names
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-metric counts of examples still correctly classified under attack."""
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+            target: torch.Tensor | None) -> torch.Tensor:
         attack = ATTACKS.get(self.attack)
+        if self.attack in ONE_STEP_ATTACKS:
+            return attack(model, x, y, eps=eps, target=target)
+        steps = self.steps or DEFAULT_STEPS
+        step = self.step_size if self.step_size is not None else 2.5 * eps / steps
+        return attack(model, x, y, eps=eps, steps=steps, step_size=step, target=target)
+
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Per-metric counts of examples still correctly classified under attack."""
+        logits = model(x)
+        clean_ok = logits.argmax(1) == y
+        target = None
+        if self.targeted:
+            classes = logits.shape[1]
+            shift = torch.randint(1, classes, y.shape, generator=generator, device=y.device)
+            target = (y + shift) % classes
+        counts = {}
+        for eps in self.eps:
+            with torch.enable_grad():
+                x_adv = self.run(model, x, y, eps, target)
+            counts[metric_name(self.prefix, eps)] = (clean_ok & (model(x_adv).argmax(1) == y)).sum()
+        return counts
+
+    def derived(self, metrics: dict[str, float]) -> dict[str, float]:
+        if len(self.eps) < 2:
+            return {}
+        accuracies = [metrics[metric_name(self.prefix, eps)] for eps in self.eps]
+        return {f"{self.prefix}_auc": curve_area(metrics["clean_acc"], self.eps, accuracies)}
+
+
+@functools.lru_cache(maxsize=8)
+def lrc_sampler(shape: tuple[int, ...], zeta: float, device: torch.device) -> LrcNoise:
+    return LrcNoise(shape, zeta, device)
+
+
+@EVALUATIONS.register("noise")
+@dataclass
+class NoiseEval:
+    """Accuracy under random noise, worst of `k` draws per example: `uniform` (linf box of
+    radius eps) or `lrc` (long-range correlated Gaussian noise with decay length zeta, each draw
+    scaled to l2 norm eps; the SGR paper's attack uses k = 100)."""
+
+    kind: Literal["noise"] = "noise"
+    noise: Literal["uniform", "lrc"] = "lrc"
+    eps: list[float] = field(default_factory=lambda: [1.0])
+    zeta: list[float] = field(default_factory=lambda: [4.0])
+    k: int = 100
+
+    def check(self, path: str) -> None:
+        check_eps(self.eps, path)
+        require(self.k >= 1, f"{path}.k", f"must be >= 1, got {self.k}")
+        if self.noise == "lrc":
+            require(bool(self.zeta) and all(z > 0 for z in self.zeta), f"{path}.zeta",
+                    f"needs one or more positive decay lengths, got {self.zeta}")
+
+    def settings(self) -> list[tuple[str, float | None]]:
+        """(metric prefix, zeta) for each noise this item draws."""
+        if self.noise == "uniform":
+            return [("uniform", None)]
+        return [(f"lrc_zeta{zeta:.4g}", zeta) for zeta in self.zeta]
+
+    def metric_names(self) -> list[str]:
+        return [metric_name(prefix, eps) for prefix, _ in self.settings() for eps in self.eps]
+
+    def draw(self, x: torch.Tensor, eps: float, zeta: float | None, generator: torch.Generator) -> torch.Tensor:
+        if zeta is None:
+            return uniform_noise(x, eps, generator)
+        return lrc_sampler(tuple(x.shape[1:]), zeta, x.device).sample_scaled(len(x), eps, generator).to(x.dtype)
+
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
         clean_ok = model(x).argmax(1) == y
         counts = {}
-        for eps, name in zip(self.eps, self.metric_names(), strict=True):
-            step = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
-            with torch.enable_grad():
-                x_adv = attack(model, x, y, eps=eps, steps=self.steps, step_size=step)
-            counts[name] = (clean_ok & (model(x_adv).argmax(1) == y)).sum()
+        for prefix, zeta in self.settings():
+            for eps in self.eps:
+                ok = clean_ok.clone()
+                for _ in range(self.k):
+                    noisy = (x + self.draw(x, eps, zeta, generator)).clamp(0.0, 1.0)
+                    ok &= model(noisy).argmax(1) == y
+                counts[metric_name(prefix, eps)] = ok.sum()
         return counts
+
+    def derived(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {}
+
+
+@EVALUATIONS.register("deepfool")
+@dataclass
+class DeepFoolEval:
+    """DeepFool's robustness measure rho = mean_i ||r_i|| / ||x_i|| (larger: more robust), r_i the
+    minimal l2 perturbation that changes the predicted class (overshoot, max_iter as the paper)."""
+
+    kind: Literal["deepfool"] = "deepfool"
+    overshoot: float = 0.02
+    max_iter: int = 50
+
+    def check(self, path: str) -> None:
+        require(self.overshoot >= 0, f"{path}.overshoot", f"must be >= 0, got {self.overshoot}")
+        require(self.max_iter >= 1, f"{path}.max_iter", f"must be >= 1, got {self.max_iter}")
+
+    def metric_names(self) -> list[str]:
+        return ["deepfool_rho"]
+
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+        with torch.enable_grad():
+            r = deepfool(model, x, self.overshoot, self.max_iter)
+        return {"deepfool_rho": (r.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)).sum()}
+
+    def derived(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {}
 
 
 class EvalItem:
@@ -88,7 +222,8 @@ class EvalConfig:
             require(self.robust_metric in names, f"{path}.robust_metric",
                     f"{self.robust_metric!r} is not measured; measured: {', '.join(names)}")
         else:
-            require(len(names) > 1, f"{path}.items", "needs an item that measures robust accuracy")
+            require(len(self.robust_accuracies()) > 0, f"{path}.items",
+                    "needs an item that measures robust accuracy (an attack or noise item)")
 
     def metric_names(self) -> list[str]:
         names = ["clean_acc"]
@@ -96,10 +231,13 @@ class EvalConfig:
             names += item.metric_names()
         return names
 
+    def robust_accuracies(self) -> list[str]:
+        return [n for n in self.metric_names()[1:] if n.endswith("_acc")]
+
     @property
     def primary_robust_metric(self) -> str:
-        """The metric reported as `robust_acc`: `robust_metric`, else the first robust metric."""
-        return self.robust_metric or self.metric_names()[1]
+        """The metric reported as `robust_acc`: `robust_metric`, else the first robust accuracy."""
+        return self.robust_metric or self.robust_accuracies()[0]
 
 
 @torch.no_grad()
@@ -112,14 +250,17 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig) -> dict[str
         raise ConfigError(f"eval.split: the {config.split} split is empty (set data.val > 0 or use test)")
     was_training = model.training
     model.eval()
+    generator = torch.Generator(device=x_all.device).manual_seed(0)  # same noise and targets every time
     totals: dict[str, torch.Tensor] = {}
     for x, y in eval_batches(x_all, y_all, config.batch_size):
         counts = {"clean_acc": (model(x).argmax(1) == y).sum()}
         for item in config.items:
-            counts.update(item.correct(model, x, y))
+            counts.update(item.correct(model, x, y, generator))
         for name, count in counts.items():
             totals[name] = totals.get(name, 0) + count
     model.train(was_training)
     metrics = {name: float(total) / len(y_all) for name, total in totals.items()}
+    for item in config.items:
+        metrics.update(item.derived(metrics))
     metrics["robust_acc"] = metrics[config.primary_robust_metric]
     return metrics

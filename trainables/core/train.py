@@ -153,6 +153,7 @@ def fit(
     torch.manual_seed(train.seed)
     model = build_model(settings.model, data.info).to(device)
     data = data.to(device)
+    method.setup(data)
     optimizer = make_optimizer(model, train, method)
     steps_per_epoch = math.ceil(len(data.train_y) / train.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from trainables.core.data import DataBundle
 from trainables.core.params import Param
 from trainables.core.registry import ConfigError, Registry
 
@@ -39,6 +40,10 @@ class Method:
 
     def __init__(self, **hparams: Any) -> None:
         self.hp = {name: hparams.get(name, param.default) for name, param in self.params.items()}
+
+    def setup(self, data: DataBundle) -> None:
+        """Called once before training (and before a resume restores the state), with the data
+        on the training device: for methods that precompute from the training set."""
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
@@ -112,6 +117,10 @@ class Combined(Method):
         self.parts = parts
         self.hp = {k: v for part in parts for k, v in part.hp.items()}
 
+    def setup(self, data: DataBundle) -> None:
+        for part in self.parts:
+            part.setup(data)
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         total = self.parts[0].loss(model, x, y, ctx)
         for constraint in self.parts[1:]:
@@ -143,9 +152,12 @@ def build_method(name: str, hparams: dict[str, Any]) -> Method:
 
 from trainables.core.methods import (  # noqa: E402,F401  (register the methods)
     adv_perturbation,
+    adversarial_mixture,
     clean,
     gradient_penalty,
     loss_gradients,
+    lrc_augment,
     pgd,
+    sgr,
     spectral_norm,
 )
