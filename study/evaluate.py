@@ -1,12 +1,14 @@
-"""The kernel_reg reference's final evaluation of a trained model, logged back to its run.
+"""A final evaluation of a trained model, logged back to its run.
 
-    python -m study.evaluate --tracking-uri URI --run-id TRIAL_RUN_ID
+    python -m study.evaluate --tracking-uri URI --run-id TRIAL_RUN_ID [--eval EVAL.yaml]
     python -m study.evaluate --checkpoint runs/STUDY/TRIAL/checkpoint_000009 --spec runs/STUDY/spec.yaml
 
-Full test set; clean accuracy; untargeted l2 PGD from delta = 0, 100 steps of fixed length 0.5,
-at eps 0.1, 0.5, 1.0, 1.5; linf PGD from delta = 0, 100 sign steps of 0.01, at eps 1, 2, 5, 8
-/255. With --run-id the model is the run's final weights and the settings its study's spec; the
-results are logged to that run as `final_*` metrics.
+By default the kernel_reg reference's: full test set; clean accuracy; untargeted l2 PGD from
+delta = 0, 100 steps of fixed length 0.5, at eps 0.1, 0.5, 1.0, 1.5; linf PGD from delta = 0, 100
+sign steps of 0.01, at eps 1, 2, 5, 8 /255. `--eval` takes any evaluation instead, written as a
+spec's `eval:` section (items of kind attack, noise, deepfool). With --run-id the model is the
+run's final weights and the settings its study's spec; the results are logged to that run as
+`final_*` metrics.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -28,6 +31,7 @@ from trainables.core.data import load_data
 from trainables.core.evaluation import AttackEval, EvalConfig, evaluate
 from trainables.core.models import build_model
 from trainables.core.registry import ConfigError
+from trainables.core.schema import parse
 from trainables.core.train import resolve_device
 from trainables.trainable import MODEL_FILE
 
@@ -41,6 +45,19 @@ def reference_evaluation(examples: int | None, steps: int, batch_size: int) -> E
         items=[AttackEval(attack="pgd_l2", eps=L2_EPS, steps=steps, step_size=0.5),
                AttackEval(attack="pgd_linf", eps=LINF_EPS, steps=steps, step_size=0.01)],
     )
+
+
+def load_evaluation(path: Path, examples: int | None) -> EvalConfig:
+    """An evaluation written as a spec's `eval:` section (the whole test split unless it or
+    --examples says otherwise)."""
+    if not path.is_file():
+        raise ConfigError(f"--eval: no such file {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw = raw.get("eval", raw) if isinstance(raw, dict) else raw
+    config = parse(EvalConfig, {"examples": None, **raw}, "eval")
+    if examples is not None:
+        config.examples = examples
+    return config
 
 
 def evaluate_weights(spec: StudySpec, weights: dict, config: EvalConfig) -> dict[str, float]:
@@ -79,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--checkpoint", type=Path, help="a trial's checkpoint folder, model.pt or state.pt")
     parser.add_argument("--tracking-uri", help="with --run-id: the study's MLflow tracking URI")
     parser.add_argument("--spec", type=Path, help="with --checkpoint: the study's spec.yaml")
+    parser.add_argument("--eval", type=Path, dest="eval_file",
+                        help="YAML of an `eval:` section to run instead of the reference evaluation")
     parser.add_argument("--examples", type=int, help="first N test examples (default: all)")
     parser.add_argument("--steps", type=int, default=100, help="PGD steps (default 100, as the reference)")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
-    config = reference_evaluation(args.examples, args.steps, args.batch_size)
     try:
+        config = (load_evaluation(args.eval_file, args.examples) if args.eval_file
+                  else reference_evaluation(args.examples, args.steps, args.batch_size))
         if args.run_id:
             if not args.tracking_uri:
                 raise ConfigError("--tracking-uri: required with --run-id")
@@ -103,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:32s} {value:.4f}")
     if args.run_id:
         now = int(time.time() * 1000)
-        client.log_batch(args.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        # at the run's last epoch, so these are its latest values even where the study's own
+        # final evaluation logged metrics of the same name
+        epoch = max((m.step for m in client.get_metric_history(args.run_id, "train_loss")), default=0)
+        client.log_batch(args.run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
         print(f"logged to run {args.run_id}")
     return 0
 

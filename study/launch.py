@@ -31,7 +31,7 @@ from trainables.core.registry import ConfigError
 from trainables.core.schema import to_dict
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
-TRIAL_METRICS = ["robust_acc", "train_loss", "lr", "epoch_time_s", "eval_time_s"]
+TRIAL_METRICS = ["train_loss", "lr", "epoch_time_s", "eval_time_s"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,7 +103,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
         client = MlflowClient(tracking_uri)
         record = resumed or start_study(spec, storage, tracking_uri, client)
         tracker = TrialTracker(tracking_uri, record.parent_run_id,
-                               spec.eval.metric_names() + TRIAL_METRICS, spec.train.epochs)
+                               spec.metric_names() + TRIAL_METRICS, spec.train.epochs)
         study_uri = storage.study_uri(record.run_name)
         if resumed:
             client.update_run(record.parent_run_id, status=RUNNING)

@@ -1,8 +1,10 @@
 """The Optuna define-by-run search space, read from the methods' declarations.
 
-`method` is categorical; then the chosen method's hyperparameters are suggested under the
-names `{method}/{param}`, which Ray unflattens into `config[method][param]`. Fixed values are
-returned as constants so every trial's config holds all of its method's hyperparameters.
+`method` is categorical over the study's method labels; then the chosen method's
+hyperparameters are suggested under the names `{method}/{param}`, which Ray unflattens into
+`config[method][param]`. Fixed values are returned as constants so every trial's config holds
+all of its method's hyperparameters, and `registered_method` names the registered method of a
+label that is a variant (`sgr_pgd` of `sgr`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ class MethodSearchSpace:
     """A define-by-run function over `methods` (method name -> resolved hyperparameters); a
     class rather than a closure so the searcher can be pickled into Tune's experiment state."""
 
-    def __init__(self, methods: dict[str, dict[str, Param]]) -> None:
+    def __init__(self, methods: dict[str, dict[str, Param]], registered: dict[str, str]) -> None:
         self.methods = methods
+        self.registered = registered
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         names = list(self.methods)
@@ -36,6 +39,8 @@ class MethodSearchSpace:
             method = trial.suggest_categorical("method", names)
         else:
             method = constants["method"] = names[0]
+        if self.registered[method] != method:
+            constants["registered_method"] = self.registered[method]
         for pname, param in self.methods[method].items():
             key = f"{method}/{pname}"
             if param.searchable:

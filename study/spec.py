@@ -21,6 +21,7 @@ from trainables.core.schema import apply_overrides, parse, require, to_dict
 from trainables.core.train import RunSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 @dataclass
@@ -28,33 +29,42 @@ class MethodSpace:
     """The methods a study compares, each with its hyperparameters resolved against the
     method's declaration: a spec entry fixes a value (`lambda: 0.1`), gives a range
     (`{low, high, log}`) or a list of choices; an omitted one keeps the declared default range.
-    A name may combine a method with constraints (`pgd_l2+sn_projection`): the union of both."""
+    A name may combine a method with constraints (`pgd_l2+sn_projection`): the union of both.
+    An entry is a label; `method:` inside it names the registered method when the label does
+    not (`sgr_pgd: {method: sgr, source: pgd}`), so one method can enter a study as variants."""
 
     methods: dict[str, dict[str, Param]]
+    registered: dict[str, str]
     raw: dict[str, Any]
 
     @classmethod
     def from_mapping(cls, data: Any, path: str) -> MethodSpace:
         if not isinstance(data, dict) or not data:
             raise ConfigError(f"{path}: expected a mapping of one or more methods; methods: {METHODS.names()}")
-        methods = {}
-        for name, overrides in data.items():
-            key = f"{path}.{name}"
-            declared = method_params(name, key)
+        methods, registered = {}, {}
+        for label, overrides in data.items():
+            key = f"{path}.{label}"
+            require(isinstance(label, str) and bool(LABEL_PATTERN.match(label)), key,
+                    "a method label needs letters, digits, '_', '.', '-', '+'")
             overrides = overrides or {}
             if not isinstance(overrides, dict):
                 raise ConfigError(f"{key}: expected a mapping of hyperparameters, got {overrides!r}")
+            overrides = dict(overrides)
+            name = overrides.pop("method", label)
+            require(isinstance(name, str), f"{key}.method", f"expected a method name; methods: {METHODS.names()}")
+            declared = method_params(name, f"{key}.method" if name != label else key)
             unknown = sorted(set(overrides) - set(declared))
             if unknown:
                 raise ConfigError(
                     f"{key}.{unknown[0]}: unknown hyperparameter of {name}; allowed: "
                     f"{', '.join(declared) or '(none)'}"
                 )
-            methods[name] = {
+            methods[label] = {
                 p: param.override(overrides[p], f"{key}.{p}") if p in overrides else param
                 for p, param in declared.items()
             }
-        return cls(methods, data)
+            registered[label] = name
+        return cls(methods, registered, data)
 
     def to_mapping(self) -> dict[str, Any]:
         return self.raw
@@ -146,7 +156,7 @@ class StudySpec(RunSettings):
         require(bool(NAME_PATTERN.match(self.name)), "name",
                 f"{self.name!r}: needs letters, digits, '_', '.', '-' (a folder and experiment name)")
         require(self.methods is not None, "methods", f"required; methods: {METHODS.names()}")
-        measured = self.eval.metric_names() + ["robust_acc", "train_loss"]
+        measured = self.eval.metric_names() + ["robust_acc", "train_loss"]  # every epoch, for ASHA and Optuna
         require(bool(self.objectives), "objectives", "needs at least one objective")
         for i, objective in enumerate(self.objectives):
             require(objective.metric in measured, f"objectives[{i}].metric",
@@ -177,7 +187,8 @@ class StudySpec(RunSettings):
 
     def settings(self) -> RunSettings:
         """The part shared by every trial (what the trainable receives)."""
-        return RunSettings(data=self.data, model=self.model, train=self.train, eval=self.eval)
+        return RunSettings(data=self.data, model=self.model, train=self.train, eval=self.eval,
+                           final_eval=self.final_eval)
 
     def to_yaml(self) -> str:
         plain = to_dict(self)

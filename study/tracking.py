@@ -80,11 +80,13 @@ def start_study_run(
 
 
 def trial_params(trial: Trial) -> dict[str, Any]:
-    """A trial's MLflow params: its method, its hyperparameters under `hp.` (names MLflow
-    accepts whatever the method's name), and the resources it ran with."""
+    """A trial's MLflow params: its method (label, and the registered method of a variant), its
+    hyperparameters under `hp.` (names MLflow accepts whatever the method's name), and the
+    resources it ran with."""
     method = trial.config["method"]
     resources = {k.lower(): v for k, v in trial.placement_group_factory.required_resources.items()}
-    return {"method": method, "hp": trial.config.get(method, {}), "resources": resources}
+    registered = {"registered_method": trial.config["registered_method"]} if "registered_method" in trial.config else {}
+    return {"method": method, **registered, "hp": trial.config.get(method, {}), "resources": resources}
 
 
 def error_summary(trial: Trial) -> str:

@@ -41,7 +41,7 @@ def make_scheduler(spec: StudySpec) -> TrialScheduler:
 
 def make_searcher(spec: StudySpec) -> ConcurrencyLimiter:
     searcher = OptunaSearch(
-        space=MethodSearchSpace(spec.methods.methods),
+        space=MethodSearchSpace(spec.methods.methods, spec.methods.registered),
         points_to_evaluate=first_points(spec.methods.methods, spec.search.first) or None,
         metric=[o.metric for o in spec.objectives],
         mode=[o.mode for o in spec.objectives],

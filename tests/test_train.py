@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from trainables.core.data import DataConfig, load_data
-from trainables.core.evaluation import AttackEval, EvalConfig
+from trainables.core.evaluation import AttackEval, DeepFoolEval, EvalConfig, NoiseEval
 from trainables.core.methods import build_method
 from trainables.core.models import ModelConfig
 from trainables.core.train import RunSettings, ScheduleConfig, TrainConfig, fit, main
@@ -41,6 +41,35 @@ def test_fit_learns_and_reports_every_metric(tiny_fashion_root: Path) -> None:
     assert last["pgd_l2_eps1.5_acc"] <= last["pgd_l2_eps0.5_acc"] <= last["clean_acc"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert all(h["epoch_time_s"] > 0 for h in history)
+
+
+def test_the_final_evaluation_runs_once_after_the_last_epoch(tiny_fashion_root: Path) -> None:
+    config = settings(tiny_fashion_root, epochs=2)
+    config.final_eval = EvalConfig(examples=60, items=[
+        AttackEval(attack="fgsm", eps=[0.05, 0.2]), NoiseEval(noise="lrc", eps=[2.0], zeta=[4.0], k=3),
+        DeepFoolEval(max_iter=10)])
+    history = run(config)
+    assert not any(k.startswith("final_") for k in history[0])
+    final = {k: v for k, v in history[1].items() if k.startswith("final_")}
+    assert set(final) == {f"final_{name}" for name in config.final_eval.metric_names()} | {"final_robust_acc"}
+    assert set(final) == set(config.metric_names()) - set(config.eval.metric_names()) - {"robust_acc"}
+    assert final["final_robust_acc"] == final["final_fgsm_eps0.05_acc"] <= final["final_clean_acc"]
+    assert final["final_fgsm_auc"] == pytest.approx(
+        (0.05 * (final["final_clean_acc"] + final["final_fgsm_eps0.05_acc"])
+         + 0.15 * (final["final_fgsm_eps0.05_acc"] + final["final_fgsm_eps0.2_acc"])) / 2 / 0.2)
+    assert final["final_deepfool_rho"] > 0
+
+
+def test_a_sgr_run_with_the_data_covariance_resumes_exactly(tiny_fashion_root: Path) -> None:
+    config = settings(tiny_fashion_root, epochs=2)
+    hparams = {"lambda": 1.0, "covariance": "data"}
+    straight = run(config, "sgr", hparams)
+    resumed = run(config, "sgr", hparams, resume_from=straight[0]["snapshot"])
+    assert straight[1]["train_loss"] == resumed[0]["train_loss"]
+    running = run(config, "sgr", {"lambda": 1.0, "update_every": 3})
+    again = run(config, "sgr", {"lambda": 1.0, "update_every": 3}, resume_from=running[0]["snapshot"])
+    assert running[1]["train_loss"] == again[0]["train_loss"]
+    assert running[1]["train_loss"] != straight[1]["train_loss"]
 
 
 def test_a_resumed_run_continues_exactly_as_if_never_stopped(tiny_fashion_root: Path) -> None:

@@ -31,11 +31,12 @@ def trial_threads() -> int:
 
 
 def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle) -> None:
-    """Train the method that `config` names (`{"method": m, m: {hyperparameters}}`)."""
+    """Train the method that `config` names (`{"method": label, label: {hyperparameters}}`, with
+    `registered_method` when the label is a variant of a registered method)."""
     torch.set_num_threads(trial_threads())
     node_id = ray.get_runtime_context().get_node_id()
-    name = config["method"]
-    method = build_method(name, config.get(name, {}))
+    label = config["method"]
+    method = build_method(config.get("registered_method", label), config.get(label, {}))
     resume_from = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

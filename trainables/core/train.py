@@ -79,12 +79,20 @@ class TrainConfig:
 
 @dataclass
 class RunSettings:
-    """Everything about a training run except the method: shared by all trials of a study."""
+    """Everything about a training run except the method: shared by all trials of a study.
+    `final_eval` runs once after the last epoch (costly attacks such as worst-of-100 LRC noise);
+    its metrics are reported with that epoch's as `final_{name}`."""
 
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
+    final_eval: EvalConfig | None = None
+
+    def metric_names(self) -> list[str]:
+        """The evaluation metrics a run reports: each epoch's, then the final ones."""
+        final = self.final_eval.metric_names() + ["robust_acc"] if self.final_eval is not None else []
+        return self.eval.metric_names() + ["robust_acc"] + [f"final_{name}" for name in final]
 
 
 @dataclass
@@ -206,6 +214,8 @@ def fit(
         if (epoch + 1) % settings.eval.every == 0 or epoch + 1 == train.epochs:
             eval_started = time.perf_counter()
             metrics.update(evaluate(model, data, settings.eval))
+            if epoch + 1 == train.epochs and settings.final_eval is not None:
+                metrics.update({f"final_{k}": v for k, v in evaluate(model, data, settings.final_eval).items()})
             metrics["eval_time_s"] = time.perf_counter() - eval_started
         if on_epoch is not None:
             on_epoch(metrics, snapshot)
