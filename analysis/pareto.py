@@ -23,12 +23,24 @@ CLEAN = "metrics.clean_acc"
 ROBUST = "metrics.robust_acc"
 
 
+def completed(trials: pd.DataFrame, x: str = CLEAN, y: str = ROBUST) -> pd.DataFrame:
+    """The trials that finished the full budget and measured x and y."""
+    return trials[(trials["budget"] == "full") & (trials["status"] == "FINISHED")].dropna(subset=[x, y])
+
+
+def best_per_method(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per method, the completed trial with the highest robust (then clean) accuracy."""
+    if trials.empty:
+        return trials
+    return completed(trials).sort_values([ROBUST, CLEAN], ascending=False).groupby("method", sort=False).head(1)
+
+
 def pareto_front(trials: pd.DataFrame, x: str = CLEAN, y: str = ROBUST) -> pd.DataFrame:
     """The trials that ran the full budget and that no other such trial beats on both x and y
     (maximized), sorted by x. ASHA-stopped, failed and unfinished trials are never on it."""
     if trials.empty:
         return trials
-    done = trials[(trials["budget"] == "full") & (trials["status"] == "FINISHED")].dropna(subset=[x, y])
+    done = completed(trials, x, y)
     keep = []
     for i, row in done.iterrows():
         others = done.drop(index=i)

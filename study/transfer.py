@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from torch import nn  # noqa: E402
 
-from analysis.pareto import CLEAN, ROBUST, pareto_front  # noqa: E402
+from analysis.pareto import best_per_method, completed, pareto_front  # noqa: E402
 from analysis.records import find_study_run, trial_runs  # noqa: E402
 from study.evaluate import from_run  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
@@ -52,13 +52,9 @@ class TrainedModel:
 def select_runs(trials: pd.DataFrame, selection: str) -> pd.DataFrame:
     """`best`: per method, the finished full-budget trial with the highest robust accuracy (then
     clean); `front`: the Pareto front; `all`: every finished full-budget trial."""
-    done = trials[(trials["budget"] == "full") & (trials["status"] == "FINISHED")].dropna(subset=[CLEAN, ROBUST])
-    if selection == "front":
-        return pareto_front(trials)
-    if selection == "all":
-        return done
-    ranked = done.sort_values([ROBUST, CLEAN], ascending=False)
-    return ranked.groupby("method", sort=False).head(1)
+    if trials.empty:
+        return trials
+    return {"best": best_per_method, "front": pareto_front, "all": completed}[selection](trials)
 
 
 def load_models(client: MlflowClient, rows: pd.DataFrame, device: torch.device,

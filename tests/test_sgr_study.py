@@ -13,6 +13,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from analysis.curves import curve_areas
+from analysis.curves import main as curves_main
 from analysis.records import METHOD_TAG
 from tests.helpers import launch_command, study_runs, tiny_spec, write_spec
 
@@ -79,6 +81,21 @@ def test_the_sgr_family_trains_is_evaluated_and_transfers(tiny_fashion_root: Pat
         assert label.split(" ")[0] in runs
     logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "transfer")}
     assert logged == {"transfer/transfer.csv", "transfer/transfer.png"}
+
+    assert curves_main(["--tracking-uri", tracking_uri, "--experiment", "sgr-family", "--attack", "pgd_linf",
+                        "--out", str(tmp_path / "curves")]) == 0
+    curves = pd.read_csv(tmp_path / "curves" / "curves.csv")
+    assert set(curves["method"]) == set(METHODS) and set(curves["eps"]) == {0.0, 0.05, 0.1}
+    for method, group in curves.groupby("method"):
+        area = curve_areas(group).iloc[0]
+        assert area == pytest.approx(runs[method].data.metrics["pgd_linf_auc"]), "the trainer's area agrees"
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "analysis")} >= {"analysis/curves.png"}
+
+    for args, message in [(["--experiment", "nope"], "error: no MLflow experiment named 'nope'"),
+                          (["--experiment", "sgr-family", "--attack", "cw"], "--attack.attack: unknown attack 'cw'")]:
+        refused = subprocess.run([sys.executable, "-m", "study.transfer", "--tracking-uri", tracking_uri, *args],
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-2000:]
 
     eval_file = tmp_path / "eval.yaml"
     eval_file.write_text(yaml.safe_dump({"eval": {"items": [

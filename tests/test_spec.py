@@ -50,7 +50,7 @@ def test_quickstart_resolves_declared_and_overridden_ranges() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"optimiser": "adam"}, r"optimiser: unknown key; allowed: data, model, train, eval, name, methods"),
+        ({"optimiser": "adam"}, r"optimiser: unknown key; allowed: data, model, train, eval, final_eval, name"),
         ({"train__optimizer": "lbfgs"}, r"train.optimizer: 'lbfgs' is not allowed; allowed: sgd, adam"),
         ({"methods__trades": {}}, r"methods.trades: unknown method 'trades'; allowed: adv_perturbation_penalty, clean"),
         ({"model__name": "vit"}, r"model.name: unknown model 'vit'; allowed: cw_cnn, mlp, resnet18, vgg11"),

@@ -147,7 +147,7 @@ class DisplacementCovariance(Covariance):
         self.radius = radius.clamp_max(self.num_radii - 1)  # on the 2H x 2W grid
         self.pairs_per_radius = torch.zeros(self.num_radii, dtype=torch.float64, device=self.device).index_add_(
             0, self.radius[self.valid], pairs[self.valid].double())
-        self._kernel_fft: tuple[dict[str, Tensor], Tensor] | None = None
+        self._kernel_fft: tuple[dict[str, Tensor], Tensor] | None = None  # (for which stats, kernels)
 
     @property
     def fft_size(self) -> tuple[int, int]:
@@ -155,20 +155,19 @@ class DisplacementCovariance(Covariance):
 
     def estimate(self, xi: Tensor) -> dict[str, Tensor]:
         channels = self.shape[0]
-        spectrum = torch.fft.rfft2(xi.double(), s=self.fft_size)
-        cross = torch.einsum("bihw,bjhw->ijhw", spectrum.conj(), spectrum) / len(xi)
-        correlation = torch.fft.irfft2(cross, s=self.fft_size)  # sum over pixel pairs at each displacement
-        same = correlation.diagonal(dim1=0, dim2=1).sum(-1)
-        across = correlation.sum((0, 1)) - same
+        spectrum = torch.fft.rfft2(xi, s=self.fft_size)
+        # correlations summed over pixel pairs at each displacement: within channels from the
+        # channels' power spectra, within plus across from the power spectrum of their sum
+        same = torch.fft.irfft2(torch.view_as_real(spectrum).square().sum((1, -1)).mean(0), s=self.fft_size)
+        both = torch.fft.irfft2(torch.view_as_real(spectrum.sum(1)).square().sum(-1).mean(0), s=self.fft_size)
 
         def by_radius(total: Tensor, channel_pairs: int) -> Tensor:
-            summed = torch.zeros(self.num_radii, dtype=total.dtype, device=total.device)
-            summed.index_add_(0, self.radius[self.valid], total[self.valid])
-            return summed / (self.pairs_per_radius * max(channel_pairs, 1))
+            summed = torch.zeros(self.num_radii, dtype=torch.float64, device=total.device)
+            summed.index_add_(0, self.radius[self.valid], total[self.valid].double())
+            return (summed / (self.pairs_per_radius * max(channel_pairs, 1))).to(xi.dtype)
 
-        dtype = xi.dtype
-        return {"intra": by_radius(same, channels).to(dtype),
-                "inter": by_radius(across, channels * (channels - 1)).to(dtype),
+        return {"intra": by_radius(same, channels),
+                "inter": by_radius(both - same, channels * (channels - 1)),
                 "mean": xi.flatten(1).mean(0)}
 
     def set_function(self, intra: Tensor, inter: Tensor) -> None:
@@ -178,21 +177,23 @@ class DisplacementCovariance(Covariance):
         self.stats = {"intra": intra, "inter": inter,
                       "mean": torch.zeros(self.dim, dtype=intra.dtype, device=intra.device)}
 
-    def kernel_fft(self, dtype: torch.dtype) -> Tensor:
-        """The (C, C) radial kernels on the circular displacement grid, Fourier transformed;
-        recomputed only when the estimate changed."""
+    def kernel_fft(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The within-minus-across and the across kernels on the circular displacement grid,
+        Fourier transformed (real: the kernels are symmetric); recomputed when the estimate changes."""
         if self._kernel_fft is None or self._kernel_fft[0] is not self.stats:
             intra = torch.where(self.valid, self.stats["intra"][self.radius], 0.0)
             inter = torch.where(self.valid, self.stats["inter"][self.radius], 0.0)
-            same = torch.eye(self.shape[0], dtype=torch.bool, device=self.device)[:, :, None, None]
-            kernel = torch.where(same, intra, inter)
-            self._kernel_fft = (self.stats, torch.fft.rfft2(kernel.to(dtype), s=self.fft_size))
-        return self._kernel_fft[1]
+            kernels = torch.stack([intra - inter, inter]).to(dtype)
+            self._kernel_fft = (self.stats, torch.fft.rfft2(kernels, s=self.fft_size).real)
+        return self._kernel_fft[1][0], self._kernel_fft[1][1]
 
     def apply(self, g: Tensor) -> Tensor:
+        """(Sigma g)_c = K_same * g_c + K_across * sum_{c' != c} g_c'
+        = (K_same - K_across) * g_c + K_across * sum_c' g_c', two convolutions by FFT."""
         _, h, w = self.shape
+        difference, across = self.kernel_fft(g.dtype)
         spectrum = torch.fft.rfft2(g, s=self.fft_size)
-        mixed = torch.einsum("ijhw,bjhw->bihw", self.kernel_fft(g.dtype), spectrum)
+        mixed = spectrum * difference + spectrum.sum(1, keepdim=True) * across
         return torch.fft.irfft2(mixed, s=self.fft_size)[..., :h, :w]
 
     def mean_diagonal(self) -> Tensor:

@@ -1,0 +1,95 @@
+"""Accuracy-vs-eps curves of a study's methods and the area under each, read from MLflow only.
+
+`python -m analysis.curves --tracking-uri URI --experiment NAME --attack final_lrc_zeta4`
+takes, per method, the finished full-budget trial with the highest robust accuracy, reads its
+`{attack}_eps{eps}_acc` metrics (last values) with the clean accuracy at eps = 0, writes
+curves.csv and curves.png and logs them to the study run under `analysis/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from analysis.pareto import best_per_method  # noqa: E402
+from analysis.records import find_study_run, trial_runs  # noqa: E402
+
+
+def accuracy_curves(runs: pd.DataFrame, attack: str) -> pd.DataFrame:
+    """One row per (method, eps) with the accuracy, eps = 0 being the clean accuracy (the
+    `final_clean_acc` for a `final_` attack)."""
+    pattern = re.compile(rf"^metrics\.{re.escape(attack)}_eps([0-9.e+-]+)_acc$")
+    clean = f"metrics.{'final_' if attack.startswith('final_') else ''}clean_acc"
+    rows = []
+    for _, run in runs.iterrows():
+        points = [(float(m.group(1)), run[c]) for c in run.index if (m := pattern.match(c)) and pd.notna(run[c])]
+        if points and pd.notna(run.get(clean)):
+            rows += [{"method": run["method"], "run_id": run["run_id"], "eps": eps, "accuracy": acc}
+                     for eps, acc in [(0.0, run[clean]), *sorted(points)]]
+    return pd.DataFrame(rows, columns=["method", "run_id", "eps", "accuracy"])
+
+
+def curve_areas(curves: pd.DataFrame) -> pd.Series:
+    """Per method, the area under its curve over the largest eps (its mean accuracy over the range)."""
+    def area(group: pd.DataFrame) -> float:
+        eps, acc = group["eps"].to_numpy(), group["accuracy"].to_numpy()
+        return float(((eps[1:] - eps[:-1]) * (acc[1:] + acc[:-1]) / 2).sum() / eps[-1])
+
+    return curves.groupby("method", sort=False)[["eps", "accuracy"]].apply(area).rename("area")
+
+
+def plot_curves(curves: pd.DataFrame, areas: pd.Series, attack: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method, group in curves.groupby("method", sort=False):
+        ax.plot(group["eps"], group["accuracy"], marker="o", label=f"{method} (area {areas[method]:.3f})")
+    ax.set_xlabel("eps")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"accuracy vs eps: {attack}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.curves", description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--attack", required=True,
+                        help="metric prefix, e.g. pgd_linf, final_fgsm, final_lrc_zeta4, targeted_pgd_l2")
+    parser.add_argument("--parent-run", help="the study run id (default: the newest study run)")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for curves.csv and curves.png")
+    args = parser.parse_args(argv)
+    client = MlflowClient(args.tracking_uri)
+    try:
+        parent = find_study_run(client, args.experiment, args.parent_run)
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    curves = accuracy_curves(best_per_method(trial_runs(client, parent)), args.attack)
+    if curves.empty:
+        print(f"error: --attack: no finished trial has {args.attack}_eps*_acc metrics", file=sys.stderr)
+        return 2
+    areas = curve_areas(curves)
+    args.out.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(args.out / "curves.csv", index=False)
+    plot_curves(curves, areas, args.attack, args.out / "curves.png")
+    for name in ("curves.csv", "curves.png"):
+        client.log_artifact(parent, str(args.out / name), "analysis")
+    print(curves.pivot_table(index="method", columns="eps", values="accuracy", sort=False).join(areas).to_string())
+    print(f"wrote {args.out / 'curves.csv'} and {args.out / 'curves.png'}; logged to run {parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
