@@ -185,8 +185,10 @@ def test_every_source_gives_perturbations_of_its_kind(source: str) -> None:
 def test_sgr_refuses_what_it_cannot_do() -> None:
     with pytest.raises(ConfigError, match="source: 'svd' is not allowed"):
         build_method("sgr", {"source": "svd"})
-    with pytest.raises(ConfigError, match="beta: must be in"):
+    with pytest.raises(ConfigError, match="beta: must be <= 1.0, got 1.5"):
         build_method("sgr", {"beta": 1.5})
+    with pytest.raises(ConfigError, match="zeta: must be >= 0.01, got 0"):
+        build_method("sgr", {"covariance": "exponential", "zeta": 0})
     with pytest.raises(ConfigError, match="sigma_form: full needs a 12288 x 12288"):
         FullCovariance((3, 64, 64))
 

@@ -82,6 +82,7 @@ def test_quickstart_resolves_declared_and_overridden_ranges() -> None:
         ({"methods__sgr_x": {"method": "sgr", "source": "svd"}},
          r"methods.sgr_x.source: 'svd' is not allowed; allowed: \['grad', 'sign', 'fgsm', 'pgd'\]"),
         ({"methods__a/b": {"method": "sgr"}}, r"methods.a/b: a method label needs letters"),
+        ({"methods__sgr": {"beta": {"low": 0.1, "high": 2.0}}}, r"methods.sgr.beta.high: must be <= 1.0, got 2.0"),
         ({"search__first": [{"method": "gn"}]}, r"search.first\[0\].method: 'gn' is not among the study's methods"),
         ({"search__first": [{"method": "pgd_l2", "lambda": 1}]},
          r"search.first\[0\].lambda: unknown hyperparameter of pgd_l2; allowed: epsilon"),

@@ -27,6 +27,7 @@ class Param:
     choices: tuple[Any, ...] | None = None
     allowed: tuple[Any, ...] | None = None
     minimum: float | None = None
+    maximum: float | None = None
     doc: str = ""
 
     @property
@@ -54,6 +55,8 @@ class Param:
             raise ConfigError(f"{key}: expected an int, got {value!r}")
         if self.minimum is not None and value < self.minimum:
             raise ConfigError(f"{key}: must be >= {self.minimum}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{key}: must be <= {self.maximum}, got {value!r}")
         return int(value) if self.kind == "int" else float(value)
 
     def with_range(self, spec: dict[str, Any], key: str) -> Param:

@@ -13,7 +13,7 @@ from trainables.core.attacks import fgsm, pgd_l2, pgd_linf
 from trainables.core.methods import METHODS, Method, StepContext
 from trainables.core.params import Param
 
-MIX = Param("float", 0.5, low=0.1, high=0.9, minimum=0.0, doc="weight of the adversarial half of the loss")
+MIX = Param("float", 0.5, low=0.1, high=0.9, minimum=0.0, maximum=1.0, doc="weight of the adversarial loss")
 EPSILON = Param("float", 0.1, low=0.01, high=0.3, log=True, minimum=0.0, doc="linf radius (l2 with norm: l2)")
 
 

@@ -58,8 +58,8 @@ class GradientNorm(Method):
 class StructuredGradient(GradientNorm):
     params = {
         "lambda": LAMBDA,
-        "beta": Param("float", 0.1, low=0.01, high=0.5, log=True, minimum=0.0,
-                      doc="running estimate: weight of the newest batch"),
+        "beta": Param("float", 0.1, low=0.01, high=0.5, log=True, minimum=1e-6, maximum=1.0,
+                      doc="running estimate: weight of the newest batch, in (0, 1]"),
         "source": Param("categorical", "sign", allowed=SOURCES,
                         doc="perturbations: normalized loss gradient, its sign, FGSM, or linf PGD"),
         "eps": Param("float", 0.1, minimum=0.0, doc="fgsm / pgd sources: linf radius"),
@@ -69,7 +69,7 @@ class StructuredGradient(GradientNorm):
         "centered": Param("bool", True, doc="false: add the first-order term mean_i grad_x CE_i . mu"),
         "covariance": Param("categorical", "running", allowed=COVARIANCES,
                             doc="running estimate, the training set's covariance, exponential, or I"),
-        "zeta": Param("float", 4.0, minimum=0.0, doc="exponential covariance: decay length"),
+        "zeta": Param("float", 4.0, minimum=0.01, doc="exponential covariance: decay length, pixels"),
         "sigma_form": Param("categorical", "auto", allowed=("auto", "full", "displacement"),
                             doc="auto: displacement for images, full d x d otherwise"),
     }
@@ -78,10 +78,6 @@ class StructuredGradient(GradientNorm):
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)
         self.covariance: Covariance | None = None
-        if self.hp["covariance"] == "exponential" and self.hp["zeta"] <= 0:
-            raise ConfigError(f"zeta: the exponential covariance needs zeta > 0, got {self.hp['zeta']}")
-        if not 0 < self.hp["beta"] <= 1:
-            raise ConfigError(f"beta: must be in (0, 1], got {self.hp['beta']}")
 
     def make_covariance(self, shape: tuple[int, ...], device: torch.device) -> Covariance | None:
         """Sigma's representation for inputs of `shape`, fixed ones filled in (None: identity)."""
