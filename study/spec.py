@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from trainables.core.methods import METHODS, method_params
+from trainables.core.models import model_options
 from trainables.core.params import Param
 from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
@@ -24,6 +25,22 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
+SETTING_SECTIONS = ("model", "train")
+TRAIN_SEARCHABLE = ("lr", "momentum", "batch_size", "optimizer")
+
+
+def section_overrides(overrides: dict[str, Any], section: str, key: str) -> list[tuple[str, Any]]:
+    """Pop a method entry's `model:` or `train:` mapping: settings this method's trials change."""
+    values = overrides.pop(section, None) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key}.{section}: expected a mapping of {section} settings, got {values!r}")
+    if section == "train":
+        for option in values:
+            require(option in TRAIN_SEARCHABLE, f"{key}.train.{option}",
+                    f"not settable per method; allowed: {', '.join(TRAIN_SEARCHABLE)}")
+    return list(values.items())
+
+
 @dataclass
 class MethodSpace:
     """The methods a study compares, each with its hyperparameters resolved against the
@@ -31,7 +48,10 @@ class MethodSpace:
     (`{low, high, log}`) or a list of choices; an omitted one keeps the declared default range.
     A name may combine a method with constraints (`pgd_l2+sn_projection`): the union of both.
     An entry is a label; `method:` inside it names the registered method when the label does
-    not (`sgr_pgd: {method: sgr, source: pgd}`), so one method can enter a study as variants."""
+    not (`sgr_pgd: {method: sgr, source: pgd}`), so one method can enter a study as variants.
+    `model:` and `train:` mappings set or search model options and train settings for that
+    entry's trials (`model: {layer: aol, gamma: {low: 1, high: 100, log: true}}`); they enter
+    the space as `model.gamma`, `train.lr`."""
 
     methods: dict[str, dict[str, Param]]
     registered: dict[str, str]
@@ -53,16 +73,19 @@ class MethodSpace:
             name = overrides.pop("method", label)
             require(isinstance(name, str), f"{key}.method", f"expected a method name; methods: {METHODS.names()}")
             declared = method_params(name, f"{key}.method" if name != label else key)
+            settings = {f"{section}.{option}": value
+                        for section in SETTING_SECTIONS for option, value in section_overrides(overrides, section, key)}
             unknown = sorted(set(overrides) - set(declared))
             if unknown:
                 raise ConfigError(
                     f"{key}.{unknown[0]}: unknown hyperparameter of {name}; allowed: "
-                    f"{', '.join(declared) or '(none)'}"
+                    f"{', '.join(declared) or '(none)'}, or model / train settings"
                 )
             methods[label] = {
                 p: param.override(overrides[p], f"{key}.{p}") if p in overrides else param
                 for p, param in declared.items()
             }
+            methods[label].update({p: Param.inferred(v, f"{key}.{p}") for p, v in settings.items()})
             registered[label] = name
         return cls(methods, registered, data)
 
@@ -153,9 +176,16 @@ class StudySpec(RunSettings):
     faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def check(self, path: str) -> None:
+        super().check(path)
         require(bool(NAME_PATTERN.match(self.name)), "name",
                 f"{self.name!r}: needs letters, digits, '_', '.', '-' (a folder and experiment name)")
         require(self.methods is not None, "methods", f"required; methods: {METHODS.names()}")
+        options = model_options(self.model.name)
+        for label, params in self.methods.methods.items():
+            for name in params:
+                if name.startswith("model."):
+                    require(name.removeprefix("model.") in options, f"methods.{label}.{name}",
+                            f"not an option of model {self.model.name}; allowed: {', '.join(options) or '(none)'}")
         measured = self.eval.metric_names() + ["robust_acc", "train_loss"]  # every epoch, for ASHA and Optuna
         require(bool(self.objectives), "objectives", "needs at least one objective")
         for i, objective in enumerate(self.objectives):

@@ -32,11 +32,13 @@ def trial_threads() -> int:
 
 def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle) -> None:
     """Train the method that `config` names (`{"method": label, label: {hyperparameters}}`, with
-    `registered_method` when the label is a variant of a registered method)."""
+    `registered_method` when the label is a variant of a registered method); `model.*` and
+    `train.*` hyperparameters override the study's model options and train settings."""
     torch.set_num_threads(trial_threads())
     node_id = ray.get_runtime_context().get_node_id()
     label = config["method"]
-    method = build_method(config.get("registered_method", label), config.get(label, {}))
+    settings, hparams = settings.with_overrides(config.get(label, {}))
+    method = build_method(config.get("registered_method", label), hparams)
     resume_from = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

@@ -98,6 +98,20 @@ class Param:
             return self.with_choices(spec, key)
         return self.fixed(spec, key)
 
+    @classmethod
+    def inferred(cls, spec: Any, key: str) -> Param:
+        """A Param for a setting that declares none (a model option, a train key), read from
+        how the spec gives it: a range {low, high, log} (int if both ends are), a list of
+        choices, or a fixed value."""
+        if isinstance(spec, dict):
+            ends = [spec.get("low"), spec.get("high")]
+            kind = "int" if all(isinstance(e, int) and not isinstance(e, bool) for e in ends) else "float"
+            return cls(kind, ends[0]).with_range(spec, key)
+        if isinstance(spec, list):
+            return cls("categorical", spec[0] if spec else None).with_choices(spec, key)
+        kind = {bool: "bool", int: "int", float: "float"}.get(type(spec), "categorical")
+        return cls(kind, spec)
+
     def describe(self) -> str:
         if self.choices is not None:
             return f"one of {list(self.choices)}"

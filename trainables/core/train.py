@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,9 +22,10 @@ import yaml
 from torch import nn
 
 from trainables.core.data import DataBundle, DataConfig, load_data, train_batches
-from trainables.core.evaluation import EvalConfig, evaluate
+from trainables.core.evaluation import CertifiedEval, EvalConfig, evaluate
 from trainables.core.methods import METHODS, Method, StepContext, build_method, check_hparams
 from trainables.core.models import ModelConfig, build_model
+from trainables.core.models.lipschitz import LIPSCHITZ_MODELS
 from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
 from trainables.core.schema import apply_overrides, parse, require
@@ -88,6 +89,25 @@ class RunSettings:
     train: TrainConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
     final_eval: EvalConfig | None = None
+
+    def check(self, path: str) -> None:
+        items = self.eval.items + (self.final_eval.items if self.final_eval is not None else [])
+        if any(isinstance(item, CertifiedEval) for item in items):
+            allowed = ", ".join(sorted(LIPSCHITZ_MODELS))
+            require(self.model.name in LIPSCHITZ_MODELS, "model.name",
+                    f"certified accuracy needs a Lipschitz-bounded model; allowed: {allowed}")
+
+    def with_overrides(self, hparams: dict[str, Any]) -> tuple[RunSettings, dict[str, Any]]:
+        """These settings with a trial's `model.*` and `train.*` entries applied, and the
+        method's own hyperparameters (the rest)."""
+        model = {k.removeprefix("model."): v for k, v in hparams.items() if k.startswith("model.")}
+        train = {k.removeprefix("train."): v for k, v in hparams.items() if k.startswith("train.")}
+        rest = {k: v for k, v in hparams.items() if not k.startswith(("model.", "train."))}
+        if not model and not train:
+            return self, rest
+        settings = replace(self, model=ModelConfig(self.model.name, {**self.model.options, **model}),
+                           train=replace(self.train, **train))
+        return settings, rest
 
     def metric_names(self) -> list[str]:
         """The evaluation metrics a run reports: each epoch's, then the final ones."""

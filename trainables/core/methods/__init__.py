@@ -155,6 +155,7 @@ from trainables.core.methods import (  # noqa: E402,F401  (register the methods)
     adversarial_mixture,
     clean,
     gradient_penalty,
+    lipschitz,
     loss_gradients,
     lrc_augment,
     pgd,

@@ -1,0 +1,105 @@
+"""Lipschitz-bounded models: the whole network's Jacobian never exceeds its bound, certificates
+are sound against an attack inside the certified radius, and studies search model options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from study.spec import load_spec
+from tests.helpers import tiny_spec, write_spec
+from trainables.core.attacks import pgd_l2
+from trainables.core.data import DataConfig, DatasetInfo, load_data
+from trainables.core.evaluation import CertifiedEval, EvalConfig, certified_radius, evaluate
+from trainables.core.layers import LAYERS
+from trainables.core.methods import build_method
+from trainables.core.models import ModelConfig, build_model
+from trainables.core.registry import ConfigError
+from trainables.core.train import RunSettings, TrainConfig, fit
+
+SMALL = DatasetInfo("toy", 10, (2, 8, 8), (0.5, 0.5), (0.25, 0.25))
+
+
+def model_jacobian_norm(model: torch.nn.Module, x: torch.Tensor) -> float:
+    jacobian = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], x)
+    return float(torch.linalg.matrix_norm(jacobian.reshape(jacobian.shape[0], -1), ord=2))
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("head", ["plain", "lln"])
+def test_a_whole_model_never_exceeds_its_bound(layer: str, head: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("kwl", {"layer": layer, "gamma": 3.0, "head": head}), SMALL).double()
+    with torch.no_grad():  # away from the initialization
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.eval()
+    bound = model.lipschitz_bound()
+    if LAYERS.get(layer).certified:
+        assert bound == 3.0
+    for _ in range(3):
+        x = torch.rand(*SMALL.shape, dtype=torch.float64)
+        norm = model_jacobian_norm(model, x)
+        if head == "lln":  # the bound holds for the features; each normalized row has norm 1
+            features = model.body[:-1]
+            norm = model_jacobian_norm(features, x)
+        assert norm <= bound * (1 + 1e-4), (norm, bound)
+
+
+@pytest.mark.parametrize(("layer", "head"), [("sandwich", "plain"), ("aol", "lln"), ("orthogon", "plain")])
+def test_pgd_inside_the_certified_radius_never_changes_a_certified_prediction(
+    tiny_fashion_root: Path, layer: str, head: str
+) -> None:
+    settings = RunSettings(
+        data=DataConfig("fashion_mnist", root=str(tiny_fashion_root), subset=300, val=0),
+        model=ModelConfig("kwl", {"layer": layer, "gamma": 1.0, "head": head}),
+        train=TrainConfig(epochs=3, batch_size=50, optimizer="adam", lr=1e-2),
+        eval=EvalConfig(examples=100, items=[CertifiedEval(eps=[0.05, 0.2])]),
+    )
+    data = load_data(settings.data)
+    history: list[dict] = []
+    model = fit(settings, build_method("lipschitz", {}), data, on_epoch=lambda m, s: history.append(m))
+    model.eval()
+    x, y = data.test_x[:100].float() / 255, data.test_y[:100]
+    with torch.no_grad():
+        logits = model(x)
+    radius = certified_radius(model, logits)
+    certified = (logits.argmax(1) == y) & (radius > 1e-3)
+    assert certified.sum() >= 5, f"{int(certified.sum())} certified: train longer for a meaningful check"
+    assert history[-1]["certified_eps0.05_acc"] == pytest.approx(float(((logits.argmax(1) == y) & (radius > 0.05))
+                                                                       .float().mean()))
+    xc, yc, rc = x[certified], logits.argmax(1)[certified], radius[certified]
+    eps = (0.999 * rc).view(-1, 1, 1, 1)
+    attacked = pgd_l2(model, xc, yc, eps=eps, steps=100, step_size=eps / 10, clip=False)
+    assert ((attacked - xc).flatten(1).norm(dim=1) <= rc * 0.9991).all()
+    with torch.no_grad():
+        assert torch.equal(model(attacked).argmax(1), yc), "an attack inside the radius changed a certified prediction"
+    uncertified = evaluate(model, data, EvalConfig(examples=100, items=[CertifiedEval(eps=[100.0])]))
+    assert uncertified["certified_eps100_acc"] == 0.0
+
+
+def test_studies_set_and_search_model_and_train_settings_per_method(tiny_fashion_root: Path, tmp_path: Path) -> None:
+    spec = tiny_spec(tiny_fashion_root, name="lip", model={"name": "kwl", "size": "small"},
+                     eval={"examples": 50, "items": [{"kind": "certified", "eps": [0.1]}]},
+                     methods={"aol": {"method": "lipschitz",
+                                      "model": {"layer": "aol", "gamma": {"low": 1.0, "high": 100.0, "log": True}},
+                                      "train": {"lr": [0.001, 0.01]}}},
+                     scheduler={"kind": "fifo"})
+    loaded = load_spec(write_spec(tmp_path, spec))
+    params = loaded.methods.methods["aol"]
+    assert params["model.gamma"].log and params["model.gamma"].high == 100.0
+    assert params["model.layer"].default == "aol" and not params["model.layer"].searchable
+    assert params["train.lr"].choices == (0.001, 0.01)
+    settings, rest = loaded.settings().with_overrides({"model.layer": "aol", "model.gamma": 7.0, "train.lr": 0.01,
+                                                      "loss": "xent"})
+    assert settings.model.options == {"size": "small", "layer": "aol", "gamma": 7.0} and settings.train.lr == 0.01
+    assert rest == {"loss": "xent"} and loaded.model.options == {"size": "small"}
+    for changes, message in [
+        ({"methods": {"a": {"method": "lipschitz", "model": {"depth": 3}}}}, "methods.a.model.depth: not an option of"),
+        ({"methods": {"a": {"method": "lipschitz", "train": {"epochs": 3}}}}, "methods.a.train.epochs: not settable"),
+        ({"model": {"name": "cw_cnn"}, "methods": {"clean": {}}}, "model.name: certified accuracy needs a Lipschitz"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_spec(write_spec(tmp_path, {**spec, **changes}))

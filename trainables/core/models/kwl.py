@@ -1,0 +1,51 @@
+"""The KWL convolutional network of the LBDN experiments, in any registered layer family:
+conv 32w, conv 32w stride 2, conv 64w, conv 64w stride 2, FC (640w, or 512w for Sandwich),
+FC 512w, classes; w = 1 / 2 / 4 for small / medium / large. sqrt(gamma) scales the first and
+the last layer, so the network is gamma-Lipschitz in l2 (pixel units); an `lln` head normalizes
+the last layer's rows instead (the scale moves to the layer before it)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from trainables.core.data import DatasetInfo
+from trainables.core.layers import LAYERS
+from trainables.core.models import MODELS
+from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, LipschitzNet, NormalizedLinear
+from trainables.core.registry import ConfigError
+
+WIDTHS = {"small": 1, "medium": 2, "large": 4}
+
+
+@MODELS.register("kwl")
+def kwl(info: DatasetInfo, layer: str = "sandwich", size: str = "small", gamma: float = 1.0,
+        head: str = "plain") -> nn.Module:
+    """`layer`: a layer family; `size`: small | medium | large; `gamma`: the certified l2
+    Lipschitz bound (ignored by `plain`, whose bound is measured); `head`: plain | lln."""
+    family = LAYERS.get(layer, "model.layer")
+    if size not in WIDTHS:
+        raise ConfigError(f"model.size: {size!r} is not allowed; allowed: {', '.join(WIDTHS)}")
+    if head not in ("plain", "lln"):
+        raise ConfigError(f"model.head: {head!r} is not allowed; allowed: plain, lln")
+    if not gamma > 0:
+        raise ConfigError(f"model.gamma: must be > 0, got {gamma}")
+    channels, n, _ = info.shape
+    if n % 4:
+        raise ConfigError(f"model: kwl needs an image side divisible by 4, got {info.shape}")
+    w, g = WIDTHS[size], gamma ** 0.5 if family.certified else 1.0
+    lln = head == "lln"
+    layers = [
+        Center(info.mean),
+        family.conv(channels, 32 * w, n, 1, g),
+        family.conv(32 * w, 32 * w, n, 2, 1.0),
+        family.conv(32 * w, 64 * w, n // 2, 1, 1.0),
+        family.conv(64 * w, 64 * w, n // 2, 2, 1.0),
+        nn.Flatten(),
+        family.fc(64 * w * (n // 4) ** 2, family.fc_width * w, 1.0),
+        family.fc(family.fc_width * w, 512 * w, g if lln else 1.0),
+        NormalizedLinear(512 * w, info.num_classes) if lln else family.lin(512 * w, info.num_classes, g),
+    ]
+    return LipschitzNet(nn.Sequential(*layers), head, gamma if family.certified else None, info.shape)
+
+
+LIPSCHITZ_MODELS.add("kwl")
