@@ -11,8 +11,8 @@ import torch
 from study.spec import load_spec
 from tests.helpers import tiny_spec, write_spec
 from trainables.core.attacks import pgd_l2
-from trainables.core.data import DataConfig, DatasetInfo, load_data
-from trainables.core.evaluation import CertifiedEval, EvalConfig, certified_radius, evaluate
+from trainables.core.data import DataBundle, DataConfig, DatasetInfo, load_data
+from trainables.core.evaluation import CertifiedEval, EvalConfig, LipschitzEstimateEval, certified_radius, evaluate
 from trainables.core.layers import LAYERS
 from trainables.core.methods import build_method
 from trainables.core.models import ModelConfig, build_model
@@ -27,17 +27,20 @@ def model_jacobian_norm(model: torch.nn.Module, x: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(jacobian.reshape(jacobian.shape[0], -1), ord=2))
 
 
-@pytest.mark.parametrize("layer", list(LAYERS))
+MODELS = [("kwl", {"layer": layer}) for layer in LAYERS] + [("sll_resnet", {"size": "tiny"})]
+
+
+@pytest.mark.parametrize(("name", "options"), MODELS, ids=[f"{n}-{o.get('layer', '')}" for n, o in MODELS])
 @pytest.mark.parametrize("head", ["plain", "lln"])
-def test_a_whole_model_never_exceeds_its_bound(layer: str, head: str) -> None:
+def test_a_whole_model_never_exceeds_its_bound(name: str, options: dict, head: str) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig("kwl", {"layer": layer, "gamma": 3.0, "head": head}), SMALL).double()
+    model = build_model(ModelConfig(name, {**options, "gamma": 3.0, "head": head}), SMALL).double()
     with torch.no_grad():  # away from the initialization
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
     model.eval()
     bound = model.lipschitz_bound()
-    if LAYERS.get(layer).certified:
+    if options.get("layer") != "plain":
         assert bound == 3.0
     for _ in range(3):
         x = torch.rand(*SMALL.shape, dtype=torch.float64)
@@ -103,3 +106,22 @@ def test_studies_set_and_search_model_and_train_settings_per_method(tiny_fashion
     ]:
         with pytest.raises(ConfigError, match=message):
             load_spec(write_spec(tmp_path, {**spec, **changes}))
+
+
+def test_the_empirical_lipschitz_estimate_approaches_a_linear_model_norm_from_below() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    norm = float(torch.linalg.matrix_norm(linear[1].weight, ord=2))
+    x = torch.rand(8, 3, 2, 2)
+    found = LipschitzEstimateEval(restarts=3, steps=50).correct(linear, x, x[:, 0, 0, 0], torch.Generator())
+    assert 0.98 * norm <= float(found["lipschitz_estimate"]) <= norm * (1 + 1e-5)
+
+
+def test_the_estimate_of_a_bounded_model_stays_under_its_bound() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("kwl", {"layer": "orthogon", "gamma": 2.0}), SMALL)
+    x = (torch.rand(16, *SMALL.shape) * 255).to(torch.uint8)
+    data = DataBundle(SMALL, x[:0], x[:0, 0, 0, 0].long(), x[:0], x[:0, 0, 0, 0].long(), x, x[:, 0, 0, 0].long() % 10)
+    metrics = evaluate(model, data, EvalConfig(examples=None, items=[LipschitzEstimateEval(restarts=2, steps=30)],
+                                               robust_metric="clean_acc"))
+    assert 0 < metrics["lipschitz_ratio"] <= 1.0 and metrics["lipschitz_estimate"] <= 2.0
