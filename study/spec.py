@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from trainables.core.methods import METHODS, method_params
-from trainables.core.models import model_options
+from trainables.core.models import MODELS, model_options
 from trainables.core.params import Param
 from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
@@ -180,12 +180,8 @@ class StudySpec(RunSettings):
         require(bool(NAME_PATTERN.match(self.name)), "name",
                 f"{self.name!r}: needs letters, digits, '_', '.', '-' (a folder and experiment name)")
         require(self.methods is not None, "methods", f"required; methods: {METHODS.names()}")
-        options = model_options(self.model.name)
         for label, params in self.methods.methods.items():
-            for name in params:
-                if name.startswith("model."):
-                    require(name.removeprefix("model.") in options, f"methods.{label}.{name}",
-                            f"not an option of model {self.model.name}; allowed: {', '.join(options) or '(none)'}")
+            self.check_model_overrides(label, params)
         measured = self.eval.metric_names() + ["robust_acc", "train_loss"]  # every epoch, for ASHA and Optuna
         require(bool(self.objectives), "objectives", "needs at least one objective")
         for i, objective in enumerate(self.objectives):
@@ -210,6 +206,22 @@ class StudySpec(RunSettings):
                     "ASHA compares trials every epoch, so it needs eval.every: 1 (or scheduler.kind: fifo)")
             require(self.scheduler.grace_period <= self.train.epochs, "scheduler.grace_period",
                     f"{self.scheduler.grace_period} exceeds train.epochs ({self.train.epochs})")
+
+    def check_model_overrides(self, label: str, params: dict[str, Param]) -> None:
+        """A method entry's `model:` keys must be options of its model (the study's, or the one
+        its `model.name` names, whose options then start from its own defaults)."""
+        model = self.model.name
+        if "model.name" in params:
+            require(not params["model.name"].searchable, f"methods.{label}.model.name", "takes one model, not a search")
+            model = params["model.name"].default
+            MODELS.get(model, f"methods.{label}.model.name")
+            self.check_model(model, f"methods.{label}.model.name")
+        options = model_options(model)
+        for name in params:
+            option = name.removeprefix("model.")
+            if name.startswith("model.") and option != "name":
+                require(option in options, f"methods.{label}.{name}",
+                        f"not an option of model {model}; allowed: {', '.join(options) or '(none)'}")
 
     @property
     def experiment(self) -> str:

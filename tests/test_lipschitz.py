@@ -99,10 +99,16 @@ def test_studies_set_and_search_model_and_train_settings_per_method(tiny_fashion
                                                       "loss": "xent"})
     assert settings.model.options == {"size": "small", "layer": "aol", "gamma": 7.0} and settings.train.lr == 0.01
     assert rest == {"loss": "xent"} and loaded.model.options == {"size": "small"}
+    swapped, _ = loaded.settings().with_overrides({"model.name": "sll_resnet", "model.size": "tiny"})
+    assert swapped.model.name == "sll_resnet" and swapped.model.options == {"size": "tiny"}
     for changes, message in [
         ({"methods": {"a": {"method": "lipschitz", "model": {"depth": 3}}}}, "methods.a.model.depth: not an option of"),
         ({"methods": {"a": {"method": "lipschitz", "train": {"epochs": 3}}}}, "methods.a.train.epochs: not settable"),
         ({"model": {"name": "cw_cnn"}, "methods": {"clean": {}}}, "model.name: certified accuracy needs a Lipschitz"),
+        ({"methods": {"a": {"method": "lipschitz", "model": {"name": "vgg11"}}}},
+         "methods.a.model.name: certified accuracy needs a Lipschitz-bounded model"),
+        ({"methods": {"a": {"method": "lipschitz", "model": {"name": "sll_resnet", "layer": "aol"}}}},
+         "methods.a.model.layer: not an option of model sll_resnet; allowed: size, gamma, head"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_spec(write_spec(tmp_path, {**spec, **changes}))

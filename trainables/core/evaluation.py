@@ -315,9 +315,6 @@ class EvalConfig:
         if self.robust_metric is not None:
             require(self.robust_metric in names, f"{path}.robust_metric",
                     f"{self.robust_metric!r} is not measured; measured: {', '.join(names)}")
-        else:
-            require(len(self.robust_accuracies()) > 0, f"{path}.items",
-                    "needs an item that measures robust accuracy (an attack or noise item)")
 
     def metric_names(self) -> list[str]:
         names = ["clean_acc"]
@@ -329,9 +326,10 @@ class EvalConfig:
         return [n for n in self.metric_names()[1:] if n.endswith("_acc")]
 
     @property
-    def primary_robust_metric(self) -> str:
-        """The metric reported as `robust_acc`: `robust_metric`, else the first robust accuracy."""
-        return self.robust_metric or self.robust_accuracies()[0]
+    def primary_robust_metric(self) -> str | None:
+        """The metric reported as `robust_acc`: `robust_metric`, else the first robust accuracy
+        (None when nothing measures one, as a final evaluation may)."""
+        return self.robust_metric or next(iter(self.robust_accuracies()), None)
 
 
 @torch.no_grad()
@@ -358,5 +356,6 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig) -> dict[str
     metrics = {name: float(total) / (1 if name in maxima else len(y_all)) for name, total in totals.items()}
     for item in config.items:
         metrics.update(item.derived(metrics))
-    metrics["robust_acc"] = metrics[config.primary_robust_metric]
+    if config.primary_robust_metric is not None:
+        metrics["robust_acc"] = metrics[config.primary_robust_metric]
     return metrics

@@ -91,27 +91,39 @@ class RunSettings:
     final_eval: EvalConfig | None = None
 
     def check(self, path: str) -> None:
+        require(self.eval.primary_robust_metric is not None, "eval.items",
+                "needs an item that measures robust accuracy (an attack, noise or certified item)")
+        self.check_model(self.model.name, "model.name")
+
+    def check_model(self, name: str, key: str) -> None:
+        """Refuse a model that the evaluation cannot measure (certified accuracy needs a bound)."""
         items = self.eval.items + (self.final_eval.items if self.final_eval is not None else [])
         if any(isinstance(item, CertifiedEval) for item in items):
             allowed = ", ".join(sorted(LIPSCHITZ_MODELS))
-            require(self.model.name in LIPSCHITZ_MODELS, "model.name",
+            require(name in LIPSCHITZ_MODELS, key,
                     f"certified accuracy needs a Lipschitz-bounded model; allowed: {allowed}")
 
     def with_overrides(self, hparams: dict[str, Any]) -> tuple[RunSettings, dict[str, Any]]:
         """These settings with a trial's `model.*` and `train.*` entries applied, and the
-        method's own hyperparameters (the rest)."""
+        method's own hyperparameters (the rest). `model.name` swaps the model: then the
+        study's model options do not carry over."""
         model = {k.removeprefix("model."): v for k, v in hparams.items() if k.startswith("model.")}
         train = {k.removeprefix("train."): v for k, v in hparams.items() if k.startswith("train.")}
         rest = {k: v for k, v in hparams.items() if not k.startswith(("model.", "train."))}
         if not model and not train:
             return self, rest
-        settings = replace(self, model=ModelConfig(self.model.name, {**self.model.options, **model}),
-                           train=replace(self.train, **train))
-        return settings, rest
+        if "name" in model:  # another model: its own options only
+            model_config = ModelConfig(model.pop("name"), model)
+        else:
+            model_config = ModelConfig(self.model.name, {**self.model.options, **model})
+        return replace(self, model=model_config, train=replace(self.train, **train)), rest
 
     def metric_names(self) -> list[str]:
         """The evaluation metrics a run reports: each epoch's, then the final ones."""
-        final = self.final_eval.metric_names() + ["robust_acc"] if self.final_eval is not None else []
+        final = []
+        if self.final_eval is not None:
+            robust = ["robust_acc"] if self.final_eval.primary_robust_metric is not None else []
+            final = self.final_eval.metric_names() + robust
         return self.eval.metric_names() + ["robust_acc"] + [f"final_{name}" for name in final]
 
 

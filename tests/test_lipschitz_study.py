@@ -1,0 +1,61 @@
+"""Every Lipschitz layer family trains an epoch inside one real tiny study, searching gamma;
+certified accuracy is the objective and the ASHA metric, and the empirical Lipschitz estimate
+is logged after training, never above the bound."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from analysis.records import METHOD_TAG
+from tests.helpers import epochs_logged, launch_command, study_runs, tiny_spec, write_spec
+
+pytestmark = pytest.mark.integration
+
+GAMMA = {"low": 1.0, "high": 10.0, "log": True}
+METHODS = {
+    "sandwich": {"method": "lipschitz", "model": {"layer": "sandwich", "gamma": GAMMA}},
+    "orthogon": {"method": "lipschitz", "model": {"layer": "orthogon", "gamma": GAMMA}},
+    "aol": {"method": "lipschitz", "model": {"layer": "aol", "gamma": GAMMA, "head": "lln"}},
+    "sll": {"method": "lipschitz", "model": {"name": "sll_resnet", "size": "tiny", "gamma": GAMMA}},
+    "plain": {"method": "lipschitz", "model": {"layer": "plain"}, "loss": "multimargin"},
+}
+
+
+def test_each_layer_family_trains_in_a_study_with_certified_accuracy(tiny_fashion_root: Path, tmp_path: Path) -> None:
+    spec = tiny_spec(
+        tiny_fashion_root, name="lipschitz-families",
+        data={"subset": 200, "val": 0},
+        model={"name": "kwl", "size": "small"},
+        train={"epochs": 2, "batch_size": 50, "optimizer": "adam", "lr": 0.01},
+        eval={"examples": 50, "items": [{"kind": "certified", "eps": [0.1412, 0.2824]},
+                                        {"kind": "attack", "attack": "pgd_l2", "eps": [0.1412], "steps": 3}],
+              "robust_metric": "certified_eps0.1412_acc"},
+        final_eval={"examples": 20, "items": [{"kind": "lipschitz_estimate", "restarts": 2, "steps": 10}]},
+        methods=METHODS,
+        objectives=[{"metric": "clean_acc", "mode": "max"}, {"metric": "certified_eps0.1412_acc", "mode": "max"}],
+        scheduler={"kind": "asha", "metric": "certified_eps0.1412_acc", "grace_period": 2},
+        search={"num_samples": len(METHODS), "first": [{"method": m} for m in METHODS]},
+    )
+    storage = tmp_path / "runs"
+    done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(storage)),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = {r.data.tags[METHOD_TAG]: r for r in study_runs(client, "lipschitz-families")[1]}
+    assert sorted(runs) == sorted(METHODS)
+    for label, run in runs.items():
+        metrics, params = run.data.metrics, run.data.params
+        assert run.info.status == "FINISHED" and epochs_logged(client, run) == [1, 2], label
+        assert metrics["certified_eps0.2824_acc"] <= metrics["certified_eps0.1412_acc"] <= metrics["clean_acc"]
+        assert metrics["certified_eps0.1412_acc"] <= metrics["pgd_l2_eps0.1412_acc"], "certified never beats attacked"
+        if label != "plain":
+            gamma = float(params["hp.model.gamma"])
+            assert 1.0 <= gamma <= 10.0
+            assert metrics["final_lipschitz_estimate"] <= gamma * (1 + 1e-4)
+            assert 0 < metrics["final_lipschitz_ratio"] <= 1 + 1e-4
+    assert runs["sll"].data.params["hp.model.name"] == "sll_resnet"
+    assert runs["plain"].data.params["hp.loss"] == "multimargin"
