@@ -122,3 +122,21 @@ def test_train_batches_cover_the_training_split_once(tiny_fashion_root: Path) ->
     xs = torch.cat([x for x, _ in batches])
     assert xs.dtype == torch.float32 and 0.0 <= float(xs.min()) and float(xs.max()) <= 1.0
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == sorted(data.train_y.tolist())
+
+
+def test_lbdn_augmentation_reflects_and_jitters_each_image_by_its_own_factors() -> None:
+    torch.manual_seed(0)
+    x = 0.2 + 0.6 * torch.rand(6, 3, 8, 8)
+    generator = torch.Generator().manual_seed(0)
+    reflected = augment(x, AugmentConfig(crop=3, pad="reflect"), generator)
+    assert reflected.min() >= 0.2, "reflect padding brings in image pixels, never zeros"
+    torch.testing.assert_close(augment(x, AugmentConfig(color_jitter=[0.0, 0.0, 0.0, 0.0]), generator), x,
+                               atol=1e-5, rtol=1e-5)
+    brighter = augment(x, AugmentConfig(color_jitter=[0.2, 0.0, 0.0, 0.0]), generator)
+    factors = (brighter / x).flatten(1)
+    torch.testing.assert_close(factors.min(1).values, factors.max(1).values)  # one factor per image
+    assert factors[:, 0].std() > 0 and ((factors[:, 0] >= 0.8) & (factors[:, 0] <= 1.2)).all()
+    jittered = augment(x, AugmentConfig(color_jitter=[0.1, [0.5, 2.0], [0.3, 2.0], 0.02]), generator)
+    assert jittered.shape == x.shape and 0 <= jittered.min() and jittered.max() <= 1
+    grey = augment(x[:, :1], AugmentConfig(color_jitter=[0.1, [0.5, 2.0], [0.3, 2.0], 0.02]), generator)
+    assert grey.shape == x[:, :1].shape

@@ -21,7 +21,8 @@ def spec_with(tmp_path: Path, **sections: object) -> Path:
 
 def test_the_reference_presets_exist_with_and_without_augmentation() -> None:
     bases = [f"{d}_{m}" for d in ("cifar10small1000", "cifar10small5000", "cifar10") for m in ("vgg", "resnet")]
-    assert set(PRESETS.names()) == set(bases) | {f"{b}_no_aug" for b in bases}
+    lbdn = {"lbdn_kwl_cifar10", "lbdn_kwl_cifar100", "lbdn_resnet_cifar10", "lbdn_dnn_cifar100"}
+    assert set(PRESETS.names()) == set(bases) | {f"{b}_no_aug" for b in bases} | lbdn
     assert PRESETS.get("cifar10_resnet_no_aug")["data"]["augment"] == {"crop": 0, "flip": False}
 
 
@@ -41,3 +42,15 @@ def test_a_preset_is_overridden_key_by_key(tmp_path: Path) -> None:
 def test_an_unknown_preset_names_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="preset: unknown preset 'cifar10_vit'; allowed: cifar10_resnet"):
         load_spec(spec_with(tmp_path, preset="cifar10_vit"))
+
+
+def test_the_lbdn_presets_carry_the_reference_training(tmp_path: Path) -> None:
+    spec = load_spec(spec_with(tmp_path, preset="lbdn_kwl_cifar10", methods={"lipschitz": {"loss": "multimargin"}}))
+    assert (spec.model.name, spec.model.options) == ("kwl", {"size": "small"})
+    assert (spec.train.optimizer, spec.train.lr, spec.train.batch_size, spec.train.epochs) == ("adam", 0.01, 256, 100)
+    schedule = spec.train.schedule
+    assert [schedule.multiplier(e) for e in (0, 40, 80, 100)] == pytest.approx([0, 1, 0.05, 0])
+    assert spec.data.augment.pad == "reflect" and spec.data.augment.color_jitter[1] == [0.5, 2.0]
+    assert spec.eval.primary_robust_metric == "certified_eps0.1412_acc"
+    dnn = load_spec(spec_with(tmp_path, preset="lbdn_dnn_cifar100", methods={"lipschitz": {}}))
+    assert (dnn.model.name, dnn.train.epochs, dnn.data.dataset) == ("dnn", 400, "cifar100")

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -45,11 +46,33 @@ DATASETS: Registry[DatasetLoader] = Registry("data set")
 
 @dataclass
 class AugmentConfig:
+    """Random crop after padding by `crop` pixels (`pad`: zeros, or reflect as LBDN), horizontal
+    flip, and colour jitter [brightness, contrast, saturation, hue] with factors drawn per
+    image (LBDN: [0.1, [0.5, 2], [0.3, 2], 0.02]; a number b means [1 - b, 1 + b], hue in
+    [-h, h] turns of the colour wheel)."""
+
     crop: int = 0
+    pad: Literal["zeros", "reflect"] = "zeros"
     flip: bool = False
+    color_jitter: list[float | list[float]] | None = None
 
     def check(self, path: str) -> None:
         require(self.crop >= 0, f"{path}.crop", f"padding must be >= 0, got {self.crop}")
+        if self.color_jitter is not None:
+            require(len(self.color_jitter) == 4, f"{path}.color_jitter",
+                    f"needs [brightness, contrast, saturation, hue], got {self.color_jitter}")
+            require(0 <= jitter_range(self.color_jitter[3], hue=True)[1] <= 0.5, f"{path}.color_jitter",
+                    f"hue must be within [0, 0.5], got {self.color_jitter[3]}")
+
+    def jitter_ranges(self) -> list[tuple[float, float]]:
+        return [jitter_range(v, hue=i == 3) for i, v in enumerate(self.color_jitter or [])]
+
+
+def jitter_range(value: float | list[float], hue: bool = False) -> tuple[float, float]:
+    """torchvision's ColorJitter convention: b -> [max(0, 1 - b), 1 + b] ([-b, b] for hue)."""
+    if isinstance(value, list):
+        return float(value[0]), float(value[1])
+    return (-value, value) if hue else (max(0.0, 1 - value), 1 + value)
 
 
 @dataclass
@@ -145,12 +168,41 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
+def color_jitter(x: torch.Tensor, ranges: list[tuple[float, float]], generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue changed by per-image random factors, in
+    ColorJitter's order. Hue turns the chroma in the YIQ plane (close to HSV's hue shift, and
+    batched). Grey (one-channel) images take brightness and contrast only."""
+
+    def factor(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(x.shape[0], 1, 1, 1, generator=generator, device=x.device)
+
+    brightness, contrast, saturation, hue = ranges
+    x = (x * factor(*brightness)).clamp(0, 1)
+    grey = x.mean(1, keepdim=True) if x.shape[1] == 1 else (x * GREY.to(x.device)).sum(1, keepdim=True)
+    x = (grey.mean((2, 3), keepdim=True) + factor(*contrast) * (x - grey.mean((2, 3), keepdim=True))).clamp(0, 1)
+    if x.shape[1] != 3:
+        return x
+    grey = (x * GREY.to(x.device)).sum(1, keepdim=True)
+    x = (grey + factor(*saturation) * (x - grey)).clamp(0, 1)
+    yiq = torch.einsum("ij,bjhw->bihw", RGB_TO_YIQ.to(x.device), x)
+    angle = 2 * torch.pi * factor(*hue)[:, 0]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(RGB_TO_YIQ).to(x.device), yiq).clamp(0, 1)
+
+
+GREY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
 def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and horizontal flip, for a whole batch at once on its device."""
+    """Random crop with padding, horizontal flip and colour jitter, for a whole batch at once on
+    its device."""
     if config.crop:
         b, c, h, w = x.shape
         p = config.crop
-        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        padded = torch.nn.functional.pad(x, (p, p, p, p), mode="reflect" if config.pad == "reflect" else "constant")
         offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator, device=x.device)
         rows = offsets[0, :, None] + torch.arange(h, device=x.device)
         cols = offsets[1, :, None] + torch.arange(w, device=x.device)
@@ -163,6 +215,8 @@ def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) 
     if config.flip:
         flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if config.color_jitter is not None:
+        x = color_jitter(x, config.jitter_ranges(), generator)
     return x
 
 
