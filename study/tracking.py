@@ -30,7 +30,7 @@ from analysis.records import (
     TRIAL_TAG,
     child_runs,
 )
-from trainables.trainable import MODEL_FILE
+from trainables.trainable import FIGURES, MODEL_FILE
 
 MAX_PARAM_LENGTH = 6000
 RUNNING, FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (
@@ -209,6 +209,8 @@ class TrialTracker(tune.Callback):
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as folder:
                 self.client.log_artifact(run_id, str(Path(folder) / MODEL_FILE), "model")
+                if (Path(folder) / FIGURES).is_dir():
+                    self.client.log_artifacts(run_id, str(Path(folder) / FIGURES), FIGURES)
         self.client.set_terminated(run_id, FINISHED)
 
     def fail(self, trial: Trial) -> None:

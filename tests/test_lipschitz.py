@@ -12,7 +12,14 @@ from study.spec import load_spec
 from tests.helpers import tiny_spec, write_spec
 from trainables.core.attacks import pgd_l2
 from trainables.core.data import DataBundle, DataConfig, DatasetInfo, load_data
-from trainables.core.evaluation import CertifiedEval, EvalConfig, LipschitzEstimateEval, certified_radius, evaluate
+from trainables.core.evaluation import (
+    CertifiedEval,
+    EvalConfig,
+    FitEval,
+    LipschitzEstimateEval,
+    certified_radius,
+    evaluate,
+)
 from trainables.core.layers import LAYERS
 from trainables.core.methods import build_method
 from trainables.core.models import ModelConfig, build_model
@@ -30,14 +37,16 @@ def model_jacobian_norm(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 MODELS = [("kwl", {"layer": layer}, head) for layer in LAYERS for head in ("plain", "lln")] + [
-    ("sll_resnet", {"size": "tiny"}, "plain"), ("sll_resnet", {"size": "tiny"}, "lln"), ("dnn", {}, "lln")]
+    ("sll_resnet", {"size": "tiny"}, "plain"), ("sll_resnet", {"size": "tiny"}, "lln"), ("dnn", {}, "lln"),
+    ("toy", {"layer": "sandwich"}, None), ("toy", {"layer": "sll"}, None), ("toy", {"layer": "plain"}, None)]
 
 
 @pytest.mark.parametrize(("name", "options", "head"), MODELS,
                          ids=[f"{n}-{o.get('layer', '')}-{h}" for n, o, h in MODELS])
 def test_a_whole_model_never_exceeds_its_bound(name: str, options: dict, head: str) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name, {**options, "gamma": 3.0, "head": head}), SMALL).double()
+    head_option = {"head": head} if head else {}
+    model = build_model(ModelConfig(name, {**options, "gamma": 3.0, **head_option}), SMALL).double()
     with torch.no_grad():  # away from the initialization
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -134,3 +143,26 @@ def test_the_estimate_of_a_bounded_model_stays_under_its_bound() -> None:
     metrics = evaluate(model, data, EvalConfig(examples=None, items=[LipschitzEstimateEval(restarts=2, steps=30)],
                                                robust_metric="clean_acc"))
     assert 0 < metrics["lipschitz_ratio"] <= 1.0 and metrics["lipschitz_estimate"] <= 2.0
+
+
+def test_the_toy_fits_the_square_wave_and_its_certificates_hold_on_a_dense_grid() -> None:
+    settings = RunSettings(
+        data=DataConfig("square_wave"),
+        model=ModelConfig("toy", {"layer": "sandwich", "gamma": 5.0}),
+        train=TrainConfig(epochs=60, batch_size=50, optimizer="adam", lr=0.01),
+        eval=EvalConfig(examples=None, items=[FitEval(), CertifiedEval(eps=[0.05])]),
+    )
+    history: list[dict] = []
+    data = load_data(settings.data)
+    model = fit(settings, build_method("lipschitz", {"loss": "mse"}), data, on_epoch=lambda m, s: history.append(m))
+    assert history[-1]["fit_mse"] < 0.1 < history[0]["fit_mse"]
+    assert history[-1]["clean_acc"] > 0.85 and 0 < history[-1]["certified_eps0.05_acc"] <= history[-1]["clean_acc"]
+    model.eval()
+    x, y = data.test_x, data.test_y
+    with torch.no_grad():
+        out = model(x)[:, 0]
+        radius = (0.5 - (out - y).abs()) / model.lipschitz_bound()
+        for xi, yi, ri in zip(x.flatten(), y, radius, strict=True):
+            if ri > 0:
+                grid = (xi + ri * torch.linspace(-0.999, 0.999, 201)).view(-1, 1, 1, 1)
+                assert ((model(grid)[:, 0] - yi).abs() < 0.5).all(), "a certified point left its level"

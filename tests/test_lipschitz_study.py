@@ -8,10 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis.records import METHOD_TAG
-from tests.helpers import epochs_logged, launch_command, study_runs, tiny_spec, write_spec
+from tests.helpers import ROOT, epochs_logged, launch_command, study_runs, tiny_spec, write_spec
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +60,21 @@ def test_each_layer_family_trains_in_a_study_with_certified_accuracy(tiny_fashio
             assert 0 < metrics["final_lipschitz_ratio"] <= 1 + 1e-4
     assert runs["sll"].data.params["hp.model.name"] == "sll_resnet"
     assert runs["plain"].data.params["hp.loss"] == "multimargin"
+
+
+def test_the_toy_fit_logs_a_figure_per_trial(tmp_path: Path) -> None:
+    spec = yaml.safe_load((ROOT / "search_spaces" / "lipschitz_toy.yaml").read_text())
+    spec["methods"] = {k: spec["methods"][k] for k in ("sandwich", "sll", "plain")}
+    spec["search"] = {"num_samples": 3, "first": [{"method": m} for m in spec["methods"]]}
+    spec["train"]["epochs"] = 3
+    storage = tmp_path / "runs"
+    done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(storage)),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = {r.data.tags[METHOD_TAG]: r for r in study_runs(client, "lipschitz_toy")[1]}
+    assert sorted(runs) == ["plain", "sandwich", "sll"]
+    for label, run in runs.items():
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/fit.png"], label
+        metrics = run.data.metrics
+        assert metrics["fit_mse"] >= 0 and metrics["certified_eps0.1_acc"] <= metrics["clean_acc"]

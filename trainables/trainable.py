@@ -17,11 +17,14 @@ import torch
 from ray import tune
 
 from trainables.core.data import DataBundle
+from trainables.core.figures import is_one_dimensional_fit, one_dimensional_fit
 from trainables.core.methods import build_method
+from trainables.core.models import build_model
 from trainables.core.train import RunSettings, fit
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
+FIGURES = "figures"  # a checkpoint's figures, logged with the model when the trial finishes
 
 
 def trial_threads() -> int:
@@ -50,6 +53,15 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle)
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
             torch.save(state["model"], Path(folder) / MODEL_FILE)
+            if metrics["epoch"] == settings.train.epochs and is_one_dimensional_fit(data):
+                draw_fit(state["model"], Path(folder) / FIGURES / "fit.png")
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def draw_fit(weights: dict[str, torch.Tensor], path: Path) -> None:
+        model = build_model(settings.model, data.info)
+        model.load_state_dict(weights)
+        path.parent.mkdir()
+        title = f"{label}: {', '.join(f'{k}={v}' for k, v in config.get(label, {}).items())}"
+        one_dimensional_fit(model, data, title[:120], path)
 
     fit(settings, method, data, on_epoch=report, resume_from=resume_from)

@@ -28,6 +28,14 @@ ONE_STEP_ATTACKS = ("fgsm", "fgm")
 DEFAULT_STEPS = 20
 
 
+def correct_predictions(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Which examples are predicted correctly: the top class, or for a one-output regression
+    (square_wave) an output within 0.5 of its target."""
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] - y).abs() < 0.5
+    return outputs.argmax(1) == y
+
+
 def metric_name(prefix: str, eps: float) -> str:
     return f"{prefix}_eps{eps:.4g}_acc"
 
@@ -184,8 +192,11 @@ class CertifiedEval:
     def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
         logits = model(x)
-        radius = certified_radius(model, logits)
-        ok = logits.argmax(1) == y
+        if logits.shape[1] == 1:  # regression: |f - y| < 0.5 holds within (0.5 - |f - y|) / L
+            radius = (0.5 - (logits[:, 0] - y).abs()) / model.lipschitz_bound()
+        else:
+            radius = certified_radius(model, logits)
+        ok = correct_predictions(logits, y)
         return {metric_name("certified", eps): (ok & (radius > eps)).sum() for eps in self.eps}
 
     def derived(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -257,6 +268,24 @@ class LipschitzEstimateEval:
 
     def derived(self, metrics: dict[str, float]) -> dict[str, float]:
         return {"lipschitz_ratio": metrics["lipschitz_estimate"] / metrics.pop("lipschitz_bound")}
+
+
+@EVALUATIONS.register("fit")
+@dataclass
+class FitEval:
+    """The mean squared error of a one-output regression (the square_wave toy)."""
+
+    kind: Literal["fit"] = "fit"
+
+    def metric_names(self) -> list[str]:
+        return ["fit_mse"]
+
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"fit_mse": (model(x)[:, 0] - y).square().sum()}
+
+    def derived(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {}
 
 
 @EVALUATIONS.register("deepfool")
@@ -346,7 +375,7 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig) -> dict[str
     maxima = set().union(*(getattr(item, "maxima", set)() for item in config.items))
     totals: dict[str, torch.Tensor] = {}
     for x, y in eval_batches(x_all, y_all, config.batch_size):
-        counts = {"clean_acc": (model(x).argmax(1) == y).sum()}
+        counts = {"clean_acc": correct_predictions(model(x), y).sum()}
         for item in config.items:
             counts.update(item.correct(model, x, y, generator))
         for name, count in counts.items():

@@ -31,7 +31,8 @@ class DatasetInfo:
 
 @dataclass
 class Splits:
-    """A data set as it comes off disk: uint8 images N x C x H x W and int64 labels."""
+    """A data set as it comes off disk: uint8 images N x C x H x W and int64 labels (or, for a
+    one-output regression, float inputs and float targets)."""
 
     info: DatasetInfo
     train_x: torch.Tensor
@@ -164,8 +165,8 @@ def load_data(config: DataConfig) -> DataBundle:
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float in [0, 1]."""
-    return x.float().div_(255.0)
+    """uint8 pixels -> float in [0, 1]; float inputs (a regression's) as they are."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
 def color_jitter(x: torch.Tensor, ranges: list[tuple[float, float]], generator: torch.Generator) -> torch.Tensor:
@@ -239,4 +240,4 @@ def eval_batches(
         yield to_float(x[start:start + batch_size]), y[start:start + batch_size]
 
 
-from trainables.core.data import cifar, mnist  # noqa: E402,F401  (register the data sets)
+from trainables.core.data import cifar, mnist, square_wave  # noqa: E402,F401  (register the data sets)

@@ -3,7 +3,8 @@ LBDN losses. The bound itself is the model's (`model.gamma`, searched per method
 `model: {gamma: {low, high, log}}`); this method chooses the loss:
 `multimargin` (multi-class hinge with `margin`, 0.5 for CIFAR-10 in LBDN) or `xent`, the
 Lipschitz cross-entropy CE((z - offset * onehot) / temperature) * temperature, which asks for a
-margin the certificate can use (LBDN: offset sqrt2 * 1.5, temperature 0.25)."""
+margin the certificate can use (LBDN: offset sqrt2 * 1.5, temperature 0.25); `mse` for the
+one-output regression of the toy (square_wave)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def lipschitz_xent(logits: torch.Tensor, y: torch.Tensor, offset: float, tempera
 @METHODS.register("lipschitz")
 class LipschitzTraining(Method):
     params = {
-        "loss": Param("categorical", "xent", choices=("xent", "multimargin"), doc="xent or multi-class hinge"),
+        "loss": Param("categorical", "xent", choices=("xent", "multimargin"), allowed=("xent", "multimargin", "mse"),
+                      doc="xent, multi-class hinge, or mse (a one-output regression)"),
         "margin": Param("float", 0.5, minimum=0.0, doc="multimargin: the hinge's margin"),
         "offset": Param("float", 1.5 * 2 ** 0.5, minimum=0.0, doc="xent: subtracted from the true logit"),
         "temperature": Param("float", 0.25, minimum=1e-6, doc="xent: logits divided, loss multiplied"),
@@ -32,6 +34,8 @@ class LipschitzTraining(Method):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         logits = model(x)
+        if self.hp["loss"] == "mse":
+            return F.mse_loss(logits[:, 0], y)
         if self.hp["loss"] == "multimargin":
             return F.multi_margin_loss(logits, y, margin=self.hp["margin"])
         return lipschitz_xent(logits, y, self.hp["offset"], self.hp["temperature"])
