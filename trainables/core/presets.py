@@ -48,29 +48,37 @@ for _data, _examples in (("cifar10small1000", 1000), ("cifar10small5000", 5000),
 LBDN_EPS = [36 / 255, 72 / 255, 108 / 255, 1.0]
 
 
-def lbdn_preset(dataset: str, model: dict[str, Any], epochs: int) -> dict[str, Any]:
+LBDN_AUGMENT = {"crop": 4, "pad": "reflect", "flip": True, "color_jitter": [0.1, [0.5, 2.0], [0.3, 2.0], 0.02]}
+LBDN_EVAL = {"batch_size": 256, "items": [{"kind": "certified", "eps": LBDN_EPS},
+                                          {"kind": "attack", "attack": "pgd_l2", "eps": LBDN_EPS, "steps": 10}],
+             "robust_metric": "certified_eps0.1412_acc"}
+TOY_EVAL = {"examples": None, "items": [{"kind": "fit"}, {"kind": "certified", "eps": [0.01, 0.05, 0.1]}],
+            "robust_metric": "certified_eps0.05_acc"}
+
+
+def lbdn_preset(dataset: str, model: dict[str, Any], epochs: int, batch_size: int = 256,
+                augment: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """The LBDN reference's training (train.py, main.py): Adam lr 0.01 without weight decay,
-    batch 256, lr per step 0 -> lr at 40% -> lr / 20 at 80% -> 0; reflect-pad 4 crop, flip and
-    colour jitter; certified accuracy at 36, 72, 108, 255 /255 every epoch."""
+    batch 256 (50 for the toy), lr per step 0 -> lr at 40% -> lr / 20 at 80% -> 0; reflect-pad 4
+    crop, flip and colour jitter; certified accuracy at 36, 72, 108, 255 /255 every epoch."""
     return {
-        "data": {"dataset": dataset, "val": 0, "augment": {
-            "crop": 4, "pad": "reflect", "flip": True, "color_jitter": [0.1, [0.5, 2.0], [0.3, 2.0], 0.02]}},
+        "data": {"dataset": dataset, "val": 0, "augment": augment if augment is not None else LBDN_AUGMENT},
         "model": model,
-        "train": {"epochs": epochs, "batch_size": 256, "optimizer": "adam", "lr": 0.01, "schedule": {
+        "train": {"epochs": epochs, "batch_size": batch_size, "optimizer": "adam", "lr": 0.01, "schedule": {
             "kind": "piecewise_linear", "milestones": [0, 0.4 * epochs, 0.8 * epochs, epochs],
             "values": [0.0, 1.0, 0.05, 0.0]}},
-        "eval": {"batch_size": 256, "items": [{"kind": "certified", "eps": LBDN_EPS},
-                                              {"kind": "attack", "attack": "pgd_l2", "eps": LBDN_EPS, "steps": 10}],
-                 "robust_metric": "certified_eps0.1412_acc"},
+        "eval": evaluation or LBDN_EVAL,
     }
 
 
 # The reference commands: KWL on CIFAR-10 (small, multimargin) and CIFAR-100 (large, xent), the
-# SLL Resnet, and the DNN certification network (400 epochs, LLN head).
+# SLL Resnet, the DNN certification network (400 epochs, LLN head) and the square-wave toy.
 PRESETS.register("lbdn_kwl_cifar10")(lbdn_preset("cifar10", {"name": "kwl", "size": "small"}, 100))
 PRESETS.register("lbdn_kwl_cifar100")(lbdn_preset("cifar100", {"name": "kwl", "size": "large"}, 100))
 PRESETS.register("lbdn_resnet_cifar10")(lbdn_preset("cifar10", {"name": "sll_resnet", "size": "small"}, 100))
 PRESETS.register("lbdn_dnn_cifar100")(lbdn_preset("cifar100", {"name": "dnn", "head": "lln"}, 400))
+PRESETS.register("lbdn_toy_square_wave")(
+    lbdn_preset("square_wave", {"name": "toy"}, 200, batch_size=50, augment={}, evaluation=TOY_EVAL))
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
