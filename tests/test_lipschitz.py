@@ -17,7 +17,6 @@ from trainables.core.evaluation import (
     EvalConfig,
     FitEval,
     LipschitzEstimateEval,
-    certified_radius,
     evaluate,
 )
 from trainables.core.layers import LAYERS
@@ -79,8 +78,7 @@ def test_pgd_inside_the_certified_radius_never_changes_a_certified_prediction(
     model.eval()
     x, y = data.test_x[:100].float() / 255, data.test_y[:100]
     with torch.no_grad():
-        logits = model(x)
-    radius = certified_radius(model, logits)
+        logits, radius = model.certify(x)
     certified = (logits.argmax(1) == y) & (radius > 1e-3)
     assert certified.sum() >= 5, f"{int(certified.sum())} certified: train longer for a meaningful check"
     assert history[-1]["certified_eps0.05_acc"] == pytest.approx(float(((logits.argmax(1) == y) & (radius > 0.05))

@@ -177,8 +177,9 @@ class NoiseEval:
 @dataclass
 class CertifiedEval:
     """Certified accuracy of a Lipschitz-bounded model (L its l2 bound): correct and certified at
-    eps. Plain head: (z_top1 - z_top2) > sqrt2 * L * eps. LLN head: min_j (z_y - z_j) /
-    ||w_y - w_j|| > L * eps, with the normalized last rows w and L the bound of the features."""
+    eps, by the model's `certify`. Plain head: (z_top1 - z_top2) > sqrt2 * L * eps. LLN head:
+    min_j (z_y - z_j) / ||w_y - w_j|| > L * eps, with the normalized last rows w and L the bound
+    of the features. MLP head: its curvature certificate over L."""
 
     kind: Literal["certified"] = "certified"
     eps: list[float] = field(default_factory=lambda: [36 / 255, 72 / 255, 108 / 255, 1.0])
@@ -191,30 +192,14 @@ class CertifiedEval:
 
     def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
-        logits = model(x)
+        logits, radius = model.certify(x)
         if logits.shape[1] == 1:  # regression: |f - y| < 0.5 holds within (0.5 - |f - y|) / L
             radius = (0.5 - (logits[:, 0] - y).abs()) / model.lipschitz_bound()
-        else:
-            radius = certified_radius(model, logits)
         ok = correct_predictions(logits, y)
         return {metric_name("certified", eps): (ok & (radius > eps)).sum() for eps in self.eps}
 
     def derived(self, metrics: dict[str, float]) -> dict[str, float]:
         return {}
-
-
-def certified_radius(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
-    """Per example, the l2 radius within which the predicted class provably cannot change."""
-    bound = model.lipschitz_bound()
-    top = logits.argmax(1)
-    if model.head == "lln":
-        weight = model.last_weight()
-        gaps = logits.gather(1, top[:, None]) - logits  # B x K
-        distances = (weight[top][:, None, :] - weight[None, :, :]).norm(dim=2)  # B x K
-        ratios = torch.where(distances > 0, gaps / distances.clamp_min(1e-12), torch.inf)
-        return ratios.min(1).values / bound
-    best_two = logits.topk(2, dim=1).values
-    return (best_two[:, 0] - best_two[:, 1]) / (2 ** 0.5 * bound)
 
 
 @EVALUATIONS.register("lipschitz_estimate")

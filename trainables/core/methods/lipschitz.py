@@ -4,7 +4,8 @@ LBDN losses. The bound itself is the model's (`model.gamma`, searched per method
 `multimargin` (multi-class hinge with `margin`, 0.5 for CIFAR-10 in LBDN) or `xent`, the
 Lipschitz cross-entropy CE((z - offset * onehot) / temperature) * temperature, which asks for a
 margin the certificate can use (LBDN: offset sqrt2 * 1.5, temperature 0.25); `mse` for the
-one-output regression of the toy (square_wave)."""
+one-output regression of the toy (square_wave). `cr` adds Singla & Feizi's certificate
+regularization, - cr * mean(relu(certified radius)), for models that certify."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch.nn import functional as F
 
 from trainables.core.methods import METHODS, Method, StepContext
 from trainables.core.params import Param
+from trainables.core.registry import ConfigError
 
 
 def lipschitz_xent(logits: torch.Tensor, y: torch.Tensor, offset: float, temperature: float) -> torch.Tensor:
@@ -29,13 +31,20 @@ class LipschitzTraining(Method):
         "margin": Param("float", 0.5, minimum=0.0, doc="multimargin: the hinge's margin"),
         "offset": Param("float", 1.5 * 2 ** 0.5, minimum=0.0, doc="xent: subtracted from the true logit"),
         "temperature": Param("float", 0.25, minimum=1e-6, doc="xent: logits divided, loss multiplied"),
+        "cr": Param("float", 0.0, minimum=0.0, doc="certificate regularization: minus cr * mean relu(radius)"),
     }
     source = "LBDN (Wang & Manchester 2023): losses of Lipschitz-bounded networks"
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        logits = model(x)
+        if self.hp["cr"] > 0:
+            if not hasattr(model, "certify"):
+                raise ConfigError("cr: certificate regularization needs a Lipschitz-bounded model")
+            logits, radius = model.certify(x, fresh=False)
+            regularizer = self.hp["cr"] * radius.clamp(min=0, max=1e3).mean()
+        else:
+            logits, regularizer = model(x), 0.0
         if self.hp["loss"] == "mse":
-            return F.mse_loss(logits[:, 0], y)
+            return F.mse_loss(logits[:, 0], y) - regularizer
         if self.hp["loss"] == "multimargin":
-            return F.multi_margin_loss(logits, y, margin=self.hp["margin"])
-        return lipschitz_xent(logits, y, self.hp["offset"], self.hp["temperature"])
+            return F.multi_margin_loss(logits, y, margin=self.hp["margin"]) - regularizer
+        return lipschitz_xent(logits, y, self.hp["offset"], self.hp["temperature"]) - regularizer

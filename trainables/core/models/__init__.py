@@ -74,4 +74,14 @@ def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
         raise ConfigError(f"model: {config.name} with {config.options} cannot be built: {err}") from err
 
 
-from trainables.core.models import cw_cnn, dnn, kwl, mlp, resnet, sll_resnet, toy, vgg  # noqa: E402,F401  (register)
+from trainables.core.models import (  # noqa: E402,F401  (register)
+    cw_cnn,
+    dnn,
+    kwl,
+    lipconvnet,
+    mlp,
+    resnet,
+    sll_resnet,
+    toy,
+    vgg,
+)

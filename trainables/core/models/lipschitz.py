@@ -50,9 +50,58 @@ def operator_norm(layer: nn.Conv2d | nn.Linear, input_shape: tuple[int, ...]) ->
     return float(torch.linalg.matrix_norm(spectrum, ord=2).max())
 
 
+class CurvatureHead(nn.Module):
+    """The 1-hidden-layer MLP head of Singla & Feizi 2022: Linear -> Softplus -> Linear,
+    unconstrained, certified through a curvature bound. For the predicted class y and another j,
+    the margin g(z) = z_y - z_j has Hessian W1^T diag(d * softplus'') W1 (d = w2_y - w2_j,
+    0 < softplus'' <= beta / 4), so g(z + delta) >= g(z) - G ||delta|| - M ||delta||^2 / 2 with
+    G = ||grad g(z)|| and M = beta / 4 * max_k max(-d_k, 0) * ||W1||^2: g stays positive within
+    (sqrt(G^2 + 2 M g) - G) / M = 2 g / (G + sqrt(G^2 + 2 M g)). ||W1|| comes from a persistent
+    power iteration in training (the training-time bound, cheap and differentiable) and from an
+    SVD in evaluation (an upper bound, so the certificate is sound)."""
+
+    def __init__(self, features: int, hidden: int, classes: int, beta: float = 1.0) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(features, hidden)
+        self.linear2 = nn.Linear(hidden, classes)
+        self.beta = beta
+        self.register_buffer("power_vector", F.normalize(torch.randn(features), dim=0))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.linear2(F.softplus(self.linear1(z), beta=self.beta))
+
+    def weight_norm(self) -> Tensor:
+        w = self.linear1.weight
+        if not self.training:
+            return torch.linalg.matrix_norm(w.double(), ord=2).to(w.dtype)
+        with torch.no_grad():
+            v = F.normalize(w.T @ (w @ self.power_vector), dim=0)
+            self.power_vector.copy_(v)
+        return (w @ v).norm()
+
+    def radius(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, the l2 radius around the features z within which the prediction holds)."""
+        pre = self.linear1(z)
+        logits = self.linear2(F.softplus(pre, beta=self.beta))
+        top = logits.argmax(1)
+        w2 = self.linear2.weight
+        d = w2[top][:, None, :] - w2[None, :, :]  # B x K x hidden
+        margin = logits.gather(1, top[:, None]) - logits  # B x K
+        slope = torch.sigmoid(self.beta * pre)[:, None, :]  # softplus'
+        gradient = ((d * slope) @ self.linear1.weight).norm(dim=2)  # B x K
+        curvature = self.beta / 4 * (-d).clamp_min(0).amax(2) * self.weight_norm() ** 2
+        positive = margin.clamp_min(0)
+        # (sqrt(G^2 + 2 M g) - G) / M, written without the cancellation (and finite at M = 0)
+        root = torch.sqrt(gradient ** 2 + 2 * curvature * positive + 1e-24)
+        radius = 2 * positive / (gradient + root).clamp_min(1e-12)
+        own_class = torch.arange(margin.shape[1], device=z.device) == top[:, None]
+        return logits, torch.where(own_class, torch.inf, radius).min(1).values
+
+
 class LipschitzNet(nn.Module):
-    """A classifier with a known l2 Lipschitz bound. `head`: `plain` (margin certificate
-    sqrt2 * bound * eps) or `lln` (per-pair certificate with the normalized last rows)."""
+    """A classifier with a known l2 Lipschitz bound and a certificate (`certify`) that depends on
+    its `head`: `plain` (the margin over sqrt2 times the bound), `lln` (per class pair, with the
+    normalized last rows) or `mlp` (a CurvatureHead on the features)."""
 
     def __init__(self, body: nn.Sequential, head: str, gamma: float | None, input_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -60,21 +109,50 @@ class LipschitzNet(nn.Module):
         self.head = head
         self.gamma = gamma
         self.input_shape = input_shape
+        self._bound: tuple[tuple, float] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
 
-    def lipschitz_bound(self) -> float:
-        """gamma for a certified family; the product of measured layer norms for plain ones
-        (of the features before an LLN head)."""
+    def lipschitz_bound(self, fresh: bool = True) -> float:
+        """`measured_bound()`, cached until a parameter or buffer changes in place; with `fresh`
+        false, the last one measured (a training regularizer's cheap, slightly stale view)."""
         if self.gamma is not None:
             return self.gamma
-        probe = torch.zeros(1, *self.input_shape, device=next(self.parameters()).device)
-        shapes = record_input_shapes(self.body, probe)
-        layers = dict(self.body.named_modules())
-        skip = {n for n, m in layers.items() if isinstance(m, NormalizedLinear)}
-        return math.prod(operator_norm(layers[name], shape) for name, shape in shapes.items() if name not in skip)
+        key = tuple((t.data_ptr(), t._version) for t in [*self.parameters(), *self.buffers()])
+        if self._bound is None or (fresh and self._bound[0] != key):
+            self._bound = (key, self.measured_bound())
+        return self._bound[1]
 
-    def last_weight(self) -> Tensor:
-        """The LLN head's normalized rows."""
-        return F.normalize(self.body[-1].weight, dim=1)
+    def measured_bound(self) -> float:
+        """Of the whole network (plain head) or of its features (lln, mlp): the product of its
+        layers' bounds, `norm_bound()` where a layer has one (SOC), measured operator norms for
+        plain convolutions and linear layers."""
+        probe = torch.zeros(1, *self.input_shape, device=next(self.parameters()).device)
+        was_training = self.training
+        self.eval()  # a training forward would advance the layers' power iterations
+        shapes = record_input_shapes(self.body, probe)
+        self.train(was_training)
+        layers = dict(self.body.named_modules())
+        heads = {n for n, m in layers.items() if isinstance(m, NormalizedLinear | CurvatureHead)}
+        heads |= {n for n in layers for h in heads if n.startswith(f"{h}.")}
+        bound = math.prod(m.norm_bound() for n, m in layers.items() if hasattr(m, "norm_bound") and n not in heads)
+        return bound * math.prod(operator_norm(layers[n], shape) for n, shape in shapes.items() if n not in heads)
+
+    def certify(self, x: Tensor, fresh: bool = True) -> tuple[Tensor, Tensor]:
+        """(logits, per example the l2 radius within which the predicted class cannot change);
+        differentiable, for certificate regularization (`fresh`: see lipschitz_bound)."""
+        bound = self.lipschitz_bound(fresh)
+        if self.head == "mlp":
+            logits, radius = self.body[-1].radius(self.body[:-1](x))
+            return logits, radius / bound
+        logits = self.body(x)
+        top = logits.argmax(1)
+        if self.head == "lln":
+            weight = F.normalize(self.body[-1].weight, dim=1)
+            gaps = logits.gather(1, top[:, None]) - logits  # B x K
+            distances = (weight[top][:, None, :] - weight[None, :, :]).norm(dim=2)  # B x K
+            ratios = torch.where(distances > 0, gaps / distances.clamp_min(1e-12), torch.inf)
+            return logits, ratios.min(1).values / bound
+        best_two = logits.topk(2, dim=1).values
+        return logits, (best_two[:, 0] - best_two[:, 1]) / (2 ** 0.5 * bound)

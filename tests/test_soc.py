@@ -1,0 +1,144 @@
+"""SOC layers and LipConvNet pieces, checked numerically: the truncated exponential's Jacobian
+singular values within the derived remainder, the fast-training gradients against autograd,
+and the activations and poolings against distances they must not expand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainables.core.attacks import pgd_l2
+from trainables.core.data import DataConfig, DatasetInfo, load_data
+from trainables.core.evaluation import CertifiedEval, EvalConfig
+from trainables.core.layers.soc import (
+    FastExpSeries,
+    HouseholderActivation,
+    LipPool,
+    MaxMin,
+    MaxPool,
+    SocConv,
+    exp_series,
+    series_remainder,
+)
+from trainables.core.methods import StepContext, build_method
+from trainables.core.models import ModelConfig, build_model
+from trainables.core.train import RunSettings, TrainConfig, fit
+
+
+def jacobian(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    full = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0], x)
+    return full.reshape(-1, x.numel())
+
+
+@pytest.mark.parametrize(("cin", "cout", "stride"), [(3, 3, 1), (2, 8, 2), (2, 5, 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_soc_singular_values_lie_within_the_series_remainder(cin: int, cout: int, stride: int, training: bool) -> None:
+    torch.manual_seed(0)
+    layer = SocConv(cin, cout, 4, stride=stride, multiplier=1.0).double()
+    with torch.no_grad():
+        layer.weight.mul_(3.0)  # a larger L than the rescaling would keep: the bound must follow it
+    layer.train(training)
+    layer.power_iteration(0)
+    singular = torch.linalg.svdvals(jacobian(layer, torch.randn(cin, 4, 4, dtype=torch.float64)))
+    terms = layer.train_terms if training else layer.eval_terms
+    t = series_remainder(layer.skew_norm(), terms)
+    assert 1 - t - 1e-9 <= float(singular.min()) and float(singular.max()) <= 1 + t + 1e-9, (singular, t)
+    assert layer.norm_bound() >= float(singular.max()) or training
+    if training:
+        assert float(singular.max() - singular.min()) > 1e-6, "6 terms are visibly not orthogonal"
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 0.3, 0.1])
+def test_fast_training_gradients_match_autograd_within_the_stated_approximation(multiplier: float) -> None:
+    torch.manual_seed(0)
+    layer = SocConv(3, 3, 5, multiplier=multiplier).double()
+    kernel = layer.kernel().detach()
+    sigma = layer.skew_norm()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    upstream = torch.randn_like(x)
+    grads = []
+    for function in (lambda v, k: exp_series(v, k, 6), lambda v, k: FastExpSeries.apply(v, k, 6)):
+        v, k = x.clone().requires_grad_(True), kernel.clone().requires_grad_(True)
+        out = function(v, k)
+        grads.append((out.detach(), *torch.autograd.grad(out, [v, k], upstream)))
+    (out, grad_x, grad_k), (fast_out, fast_x, fast_k) = grads
+    torch.testing.assert_close(fast_out, out)
+    torch.testing.assert_close(fast_x, grad_x), "the input gradient is exact: (L^i)^T = (-L)^i"
+    relative = float((fast_k - grad_k).norm() / grad_k.norm())
+    assert relative <= sigma ** 2 / 2, (relative, sigma)  # only the outermost L: second order in sigma
+
+
+@pytest.mark.parametrize("layer", [MaxMin(), HouseholderActivation(6), MaxPool(), LipPool(6)],
+                         ids=["maxmin", "hh1", "maxpool", "lippool"])
+def test_activations_and_poolings_never_expand_distances(layer: torch.nn.Module) -> None:
+    torch.manual_seed(0)
+    layer = layer.double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.uniform_(0, 3.1)
+    x, y = torch.randn(500, 6, 2, 2, dtype=torch.float64), torch.randn(500, 6, 2, 2, dtype=torch.float64)
+    near = x + 1e-3 * torch.randn_like(x)
+    for a, b in [(x, y), (x, near)]:
+        out = (layer(a) - layer(b)).flatten(1).norm(dim=1)
+        assert (out <= (a - b).flatten(1).norm(dim=1) * (1 + 1e-9)).all()
+    for point in x[:5]:
+        assert float(torch.linalg.matrix_norm(jacobian(layer, point), ord=2)) <= 1 + 1e-9
+    if isinstance(layer, MaxMin | HouseholderActivation):
+        torch.testing.assert_close(layer(x).flatten(1).norm(dim=1), x.flatten(1).norm(dim=1))
+
+
+TINY = DatasetInfo("toy", 10, (1, 8, 8), (0.5,), (0.25,))
+
+
+@pytest.mark.parametrize("head", ["plain", "lln", "mlp"])
+@pytest.mark.parametrize(("activation", "pool"), [("maxmin", "max"), ("hh1", "lip")])
+def test_a_lipconvnet_never_exceeds_the_product_of_its_layer_bounds(head: str, activation: str, pool: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("lipconvnet", {"depth": 5, "init_channels": 4, "head": head, "hidden": 16,
+                                                   "activation": activation, "pool": pool}), TINY).double()
+    model.eval()
+    bound = model.lipschitz_bound()
+    assert 1.0 <= bound < 1.001, "the SOC layers are orthogonal up to the series remainder"
+    features = model.body if head == "plain" else model.body[:-1]
+    for _ in range(3):
+        x = torch.rand(*TINY.shape, dtype=torch.float64)
+        full = torch.autograd.functional.jacobian(lambda v: features(v[None])[0], x, vectorize=True,
+                                                  strategy="forward-mode")
+        assert float(torch.linalg.matrix_norm(full.reshape(full.shape[0], -1), ord=2)) <= bound * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("head", ["plain", "lln", "mlp"])
+def test_pgd_inside_a_lipconvnet_certificate_never_changes_the_prediction(tiny_fashion_root: Path, head: str) -> None:
+    settings = RunSettings(
+        data=DataConfig("fashion_mnist", root=str(tiny_fashion_root), subset=200, val=0),
+        model=ModelConfig("lipconvnet", {"depth": 5, "init_channels": 4, "head": head, "hidden": 32}),
+        train=TrainConfig(epochs=2, batch_size=50, optimizer="adam", lr=1e-2),
+        eval=EvalConfig(examples=60, items=[CertifiedEval(eps=[0.05])]),
+    )
+    data = load_data(settings.data)
+    model = fit(settings, build_method("lipschitz", {"cr": 0.1}), data)
+    model.eval()
+    x = data.test_x[:60].float() / 255
+    with torch.no_grad():
+        logits, radius = model.certify(x)
+    predicted = logits.argmax(1)
+    certified = radius > 1e-3
+    assert certified.sum() >= 5, f"{int(certified.sum())} certified: train longer for a meaningful check"
+    xc, yc, rc = x[certified], predicted[certified], radius[certified]
+    eps = (0.999 * rc).view(-1, 1, 1, 1)
+    attacked = pgd_l2(model, xc, yc, eps=eps, steps=100, step_size=eps / 10, clip=False)
+    with torch.no_grad():
+        assert torch.equal(model(attacked).argmax(1), yc), "an attack inside the radius changed a certified prediction"
+
+
+def test_certificate_regularization_raises_the_radius_in_the_loss() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("lipconvnet", {"depth": 5, "init_channels": 4, "head": "lln"}), TINY)
+    x, y = torch.rand(6, *TINY.shape), torch.randint(0, 10, (6,))
+    context = StepContext(epoch=0, step=0, generator=torch.Generator())
+    plain = build_method("lipschitz", {"cr": 0.0}).loss(model, x, y, context)
+    regularized = build_method("lipschitz", {"cr": 0.5}).loss(model, x, y, context)
+    _, radius = model.certify(x)
+    assert float(plain - regularized) == pytest.approx(0.5 * float(radius.clamp(min=0).mean()), rel=1e-4)
