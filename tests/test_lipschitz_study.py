@@ -66,7 +66,7 @@ def test_the_toy_fit_logs_a_figure_per_trial(tmp_path: Path) -> None:
     spec = yaml.safe_load((ROOT / "search_spaces" / "lipschitz_toy.yaml").read_text())
     spec["methods"] = {k: spec["methods"][k] for k in ("sandwich", "sll", "plain")}
     spec["search"] = {"num_samples": 3, "first": [{"method": m} for m in spec["methods"]]}
-    spec["train"]["epochs"] = 3
+    spec["train"] = {"epochs": 3}
     storage = tmp_path / "runs"
     done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(storage)),
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
