@@ -154,5 +154,7 @@ class LipschitzNet(nn.Module):
             distances = (weight[top][:, None, :] - weight[None, :, :]).norm(dim=2)  # B x K
             ratios = torch.where(distances > 0, gaps / distances.clamp_min(1e-12), torch.inf)
             return logits, ratios.min(1).values / bound
+        if logits.shape[1] == 1:  # a regression has no class to change to: its target decides
+            return logits, torch.full_like(logits[:, 0], torch.inf)
         best_two = logits.topk(2, dim=1).values
         return logits, (best_two[:, 0] - best_two[:, 1]) / (2 ** 0.5 * bound)
