@@ -78,3 +78,30 @@ def test_the_toy_fit_logs_a_figure_per_trial(tmp_path: Path) -> None:
         assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/fit.png"], label
         metrics = run.data.metrics
         assert metrics["fit_mse"] >= 0 and metrics["certified_eps0.1_acc"] <= metrics["clean_acc"]
+
+
+def test_a_lipconvnet_trains_with_each_head_in_a_study(tiny_fashion_root: Path, tmp_path: Path) -> None:
+    variants = [("plain", "maxmin", "max"), ("lln", "hh1", "lip"), ("mlp", "maxmin", "lip")]
+    heads = {f"soc_{head}": {"method": "lipschitz", "cr": 0.1, "offset": 0.0, "temperature": 1.0,
+                             "model": {"head": head, "activation": activation, "pool": pool}}
+             for head, activation, pool in variants}
+    spec = tiny_spec(
+        tiny_fashion_root, name="soc-heads",
+        data={"subset": 100, "val": 0},
+        model={"name": "lipconvnet", "depth": 5, "init_channels": 4, "hidden": 32, "fast": True},
+        train={"epochs": 1, "batch_size": 50, "optimizer": "sgd", "lr": 0.05},
+        eval={"examples": 40, "items": [{"kind": "certified", "eps": [0.1412]}]},
+        methods=heads, scheduler={"kind": "fifo"},
+        search={"num_samples": len(heads), "first": [{"method": m} for m in heads]},
+    )
+    storage = tmp_path / "runs"
+    done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(storage)),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = {r.data.tags[METHOD_TAG]: r for r in study_runs(client, "soc-heads")[1]}
+    assert sorted(runs) == sorted(heads)
+    for label, run in runs.items():
+        assert run.info.status == "FINISHED", label
+        assert run.data.params["hp.model.head"] == label.removeprefix("soc_")
+        assert 0 <= run.data.metrics["certified_eps0.1412_acc"] <= run.data.metrics["clean_acc"]

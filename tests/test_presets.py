@@ -22,7 +22,8 @@ def spec_with(tmp_path: Path, **sections: object) -> Path:
 def test_the_reference_presets_exist_with_and_without_augmentation() -> None:
     bases = [f"{d}_{m}" for d in ("cifar10small1000", "cifar10small5000", "cifar10") for m in ("vgg", "resnet")]
     lbdn = {"lbdn_kwl_cifar10", "lbdn_kwl_cifar100", "lbdn_resnet_cifar10", "lbdn_dnn_cifar100", "lbdn_toy_square_wave"}
-    assert set(PRESETS.names()) == set(bases) | {f"{b}_no_aug" for b in bases} | lbdn
+    soc = {"soc_cifar10", "soc_cifar100", "soc_fashion_mnist"}
+    assert set(PRESETS.names()) == set(bases) | {f"{b}_no_aug" for b in bases} | lbdn | soc
     assert PRESETS.get("cifar10_resnet_no_aug")["data"]["augment"] == {"crop": 0, "flip": False}
 
 
@@ -56,3 +57,12 @@ def test_the_lbdn_presets_carry_the_reference_training(tmp_path: Path) -> None:
     assert (dnn.model.name, dnn.train.epochs, dnn.data.dataset) == ("dnn", 400, "cifar100")
     toy = load_spec(spec_with(tmp_path, preset="lbdn_toy_square_wave", methods={"lipschitz": {"loss": "mse"}}))
     assert (toy.model.name, toy.train.batch_size, toy.data.augment.crop, toy.eval.examples) == ("toy", 50, 0, None)
+
+
+def test_the_soc_presets_drop_the_lr_tenfold_at_half_and_three_quarters(tmp_path: Path) -> None:
+    spec = load_spec(spec_with(tmp_path, preset="soc_cifar10", methods={"lipschitz": {"offset": 0.0}}))
+    assert (spec.model.name, spec.model.options["depth"], spec.train.epochs) == ("lipconvnet", 20, 200)
+    assert [spec.train.schedule.multiplier(e) for e in (0, 99, 101, 149, 151, 199)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    fashion = load_spec(spec_with(tmp_path, preset="soc_fashion_mnist", methods={"lipschitz": {}}))
+    assert fashion.data.augment.flip is False and fashion.train.epochs == 60
