@@ -53,7 +53,7 @@ def test_quickstart_resolves_declared_and_overridden_ranges() -> None:
         ({"optimiser": "adam"}, r"optimiser: unknown key; allowed: data, model, train, eval, final_eval, name"),
         ({"train__optimizer": "lbfgs"}, r"train.optimizer: 'lbfgs' is not allowed; allowed: sgd, adam"),
         ({"methods__trades": {}}, r"methods.trades: unknown method 'trades'; allowed: adv_perturbation_penalty, clean"),
-        ({"model__name": "vit"}, r"model.name: unknown model 'vit'; allowed: cw_cnn, dnn, kwl, mlp, resnet18"),
+        ({"model__name": "vit"}, r"model.name: unknown model 'vit'; allowed: cw_cnn, dnn, kwl, lipconvnet, mlp"),
         ({"data__dataset": "svhn"}, r"data.dataset: unknown data set 'svhn'; allowed: cifar10, cifar100"),
         ({"methods__pgd_l2": {"epsilon": {"low": 2.0, "high": 1.0}}},
          r"methods.pgd_l2.epsilon: low \(2.0\) must be below high \(1.0\)"),
