@@ -164,3 +164,17 @@ def test_the_toy_fits_the_square_wave_and_its_certificates_hold_on_a_dense_grid(
             if ri > 0:
                 grid = (xi + ri * torch.linspace(-0.999, 0.999, 201)).view(-1, 1, 1, 1)
                 assert ((model(grid)[:, 0] - yi).abs() < 0.5).all(), "a certified point left its level"
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("kwl", {"head": "x"}, "model.head: 'x' is not allowed; allowed: plain, lln"),
+    ("kwl", {"gamma": 0}, "model.gamma: must be > 0, got 0"),
+    ("kwl", {"layer": "soc"}, "model.layer: unknown layer family 'soc'; allowed: aol, orthogon, plain, sandwich"),
+    ("sll_resnet", {"size": "huge"}, "model.size: 'huge' is not allowed; allowed: tiny, small, medium, large"),
+    ("dnn", {}, r"model: dnn needs an image side divisible by 8, got \(1, 28, 28\)"),
+    ("lipconvnet", {"pool": "avg"}, "model.pool: 'avg' is not allowed; allowed: max, lip"),
+    ("lipconvnet", {"depth": 7}, "model.depth: LipConvNet-N takes N in 5, 10, ..., 40, got 7"),
+])
+def test_lipschitz_models_name_the_option_they_cannot_build(name: str, options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_model(ModelConfig(name, options), DatasetInfo("f", 10, (1, 28, 28), (0.5,), (0.5,)))

@@ -10,21 +10,15 @@ from torch import nn
 from trainables.core.data import DatasetInfo
 from trainables.core.layers.sandwich import SandwichConv, SandwichFc, SandwichLin
 from trainables.core.models import MODELS
-from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, LipschitzNet, NormalizedLinear
-from trainables.core.registry import ConfigError
+from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, LipschitzNet, NormalizedLinear, check_options
 
 
 @MODELS.register("dnn")
 def dnn(info: DatasetInfo, gamma: float = 1.0, head: str = "lln") -> nn.Module:
     """`gamma`: the certified l2 bound; `head`: lln (the reference's) | plain."""
-    if head not in ("plain", "lln"):
-        raise ConfigError(f"model.head: {head!r} is not allowed; allowed: plain, lln")
-    if not gamma > 0:
-        raise ConfigError(f"model.gamma: must be > 0, got {gamma}")
     channels, n, _ = info.shape
     widths = [64, 128, 256] + ([512] if n >= 64 else [])
-    if n % 2 ** len(widths):
-        raise ConfigError(f"model: dnn needs an image side divisible by {2 ** len(widths)}, got {info.shape}")
+    check_options("dnn", info.shape, 2 ** len(widths), {"head": (head, ("lln", "plain"))}, gamma)
     g = gamma ** 0.5
     layers: list[nn.Module] = [Center(info.mean)]
     cin, size = channels, n

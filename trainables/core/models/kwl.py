@@ -11,8 +11,7 @@ from torch import nn
 from trainables.core.data import DatasetInfo
 from trainables.core.layers import LAYERS
 from trainables.core.models import MODELS
-from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, LipschitzNet, NormalizedLinear
-from trainables.core.registry import ConfigError
+from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, LipschitzNet, NormalizedLinear, check_options
 
 WIDTHS = {"small": 1, "medium": 2, "large": 4}
 
@@ -23,15 +22,8 @@ def kwl(info: DatasetInfo, layer: str = "sandwich", size: str = "small", gamma: 
     """`layer`: a layer family; `size`: small | medium | large; `gamma`: the certified l2
     Lipschitz bound (ignored by `plain`, whose bound is measured); `head`: plain | lln."""
     family = LAYERS.get(layer, "model.layer")
-    if size not in WIDTHS:
-        raise ConfigError(f"model.size: {size!r} is not allowed; allowed: {', '.join(WIDTHS)}")
-    if head not in ("plain", "lln"):
-        raise ConfigError(f"model.head: {head!r} is not allowed; allowed: plain, lln")
-    if not gamma > 0:
-        raise ConfigError(f"model.gamma: must be > 0, got {gamma}")
+    check_options("kwl", info.shape, 4, {"size": (size, tuple(WIDTHS)), "head": (head, ("plain", "lln"))}, gamma)
     channels, n, _ = info.shape
-    if n % 4:
-        raise ConfigError(f"model: kwl needs an image side divisible by 4, got {info.shape}")
     w, g = WIDTHS[size], gamma ** 0.5 if family.certified else 1.0
     lln = head == "lln"
     layers = [

@@ -15,7 +15,14 @@ from torch.nn import functional as F
 from trainables.core.data import DatasetInfo
 from trainables.core.layers.soc import HouseholderActivation, LipPool, MaxMin, MaxPool, SocConv
 from trainables.core.models import MODELS
-from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, CurvatureHead, LipschitzNet, NormalizedLinear
+from trainables.core.models.lipschitz import (
+    LIPSCHITZ_MODELS,
+    Center,
+    CurvatureHead,
+    LipschitzNet,
+    NormalizedLinear,
+    check_options,
+)
 from trainables.core.registry import ConfigError
 
 ACTIVATIONS = {"maxmin": lambda channels: MaxMin(), "hh1": HouseholderActivation}
@@ -43,10 +50,8 @@ def lipconvnet(info: DatasetInfo, depth: int = 10, init_channels: int = 32, acti
     has `train_terms` terms in training and `eval_terms` in evaluation."""
     if depth % 5 or not 5 <= depth <= 40:
         raise ConfigError(f"model.depth: LipConvNet-N takes N in 5, 10, ..., 40, got {depth}")
-    for key, value, allowed in [("activation", activation, ACTIVATIONS), ("pool", pool, POOLS),
-                                ("head", head, HEADS)]:
-        if value not in allowed:
-            raise ConfigError(f"model.{key}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
+    check_options("lipconvnet", info.shape, 1, {"activation": (activation, tuple(ACTIVATIONS)),
+                                                "pool": (pool, tuple(POOLS)), "head": (head, HEADS)})
     channels, height, width = info.shape
     size = -(-max(height, width) // 32) * 32
     per_block = depth // 5

@@ -18,9 +18,23 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainables.core.layers import kernel_spectrum
+from trainables.core.registry import ConfigError
 from trainables.core.spectral import record_input_shapes
 
 LIPSCHITZ_MODELS: set[str] = set()  # registered models that certification can read
+
+
+def check_options(model: str, info_shape: tuple[int, ...], side_multiple: int,
+                  choices: dict[str, tuple[object, tuple]], gamma: float | None = None) -> None:
+    """Refuse what a Lipschitz model cannot be built with, naming the option: each chosen value
+    (`choices`: option -> (value, allowed)), a non-positive gamma, an image side it cannot halve."""
+    for option, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"model.{option}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+    if gamma is not None and not gamma > 0:
+        raise ConfigError(f"model.gamma: must be > 0, got {gamma}")
+    if info_shape[1] % side_multiple:
+        raise ConfigError(f"model: {model} needs an image side divisible by {side_multiple}, got {info_shape}")
 
 
 class Center(nn.Module):

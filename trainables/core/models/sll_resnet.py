@@ -12,8 +12,7 @@ from torch.nn import functional as F
 from trainables.core.data import DatasetInfo
 from trainables.core.layers.sll import SllConv, SllFc
 from trainables.core.models import MODELS
-from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, LipschitzNet, NormalizedLinear
-from trainables.core.registry import ConfigError
+from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, LipschitzNet, NormalizedLinear, check_options
 
 SIZES = {  # depth_conv, channels, inner conv channels, depth_linear, features
     "tiny": (3, 8, 4, 2, 64),  # not the reference's: for tests and first looks on a CPU
@@ -50,15 +49,8 @@ class FirstFeatures(nn.Module):
 @MODELS.register("sll_resnet")
 def sll_resnet(info: DatasetInfo, size: str = "small", gamma: float = 1.0, head: str = "plain") -> nn.Module:
     """`size`: tiny | small | medium | large; `gamma`: the certified l2 bound; `head`: plain | lln."""
-    if size not in SIZES:
-        raise ConfigError(f"model.size: {size!r} is not allowed; allowed: {', '.join(SIZES)}")
-    if head not in ("plain", "lln"):
-        raise ConfigError(f"model.head: {head!r} is not allowed; allowed: plain, lln")
-    if not gamma > 0:
-        raise ConfigError(f"model.gamma: must be > 0, got {gamma}")
-    in_channels, n, _ = info.shape
-    if n % 4:
-        raise ConfigError(f"model: sll_resnet needs an image side divisible by 4, got {info.shape}")
+    check_options("sll_resnet", info.shape, 4, {"size": (size, tuple(SIZES)), "head": (head, ("plain", "lln"))}, gamma)
+    n = info.shape[1]
     depth_conv, channels, inner, depth_linear, features = SIZES[size]
     g = gamma ** 0.5
     flat = channels * (n // 4) ** 2
