@@ -10,7 +10,7 @@ cached in eval mode until a parameter changes, so evaluating costs about a plain
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,12 @@ def space_to_depth(x: Tensor) -> Tensor:
     return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, h // 2, w // 2)
 
 
+def versions(tensors: Iterable[Tensor]) -> tuple:
+    """Identifies the current contents of tensors: in-place changes (an optimizer step,
+    load_state_dict) bump a tensor's version counter."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 class Cached(nn.Module):
     """A layer whose weights are a function of its parameters (`parameterize`). Training
     recomputes them every forward; eval mode reuses them until a parameter is changed in place
@@ -59,7 +65,7 @@ class Cached(nn.Module):
         if self.training:
             self._cache = None
             return self.parameterize()
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key = versions(self.parameters())
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
                 self._cache = (key, self.parameterize())

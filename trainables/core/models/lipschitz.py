@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from trainables.core.layers import kernel_spectrum
+from trainables.core.layers import kernel_spectrum, versions
 from trainables.core.registry import ConfigError
 from trainables.core.spectral import record_input_shapes
 
@@ -133,7 +133,7 @@ class LipschitzNet(nn.Module):
         false, the last one measured (a training regularizer's cheap, slightly stale view)."""
         if self.gamma is not None:
             return self.gamma
-        key = tuple((t.data_ptr(), t._version) for t in [*self.parameters(), *self.buffers()])
+        key = versions([*self.parameters(), *self.buffers()])
         if self._bound is None or (fresh and self._bound[0] != key):
             self._bound = (key, self.measured_bound())
         return self._bound[1]

@@ -23,7 +23,8 @@ SIZES = {  # depth_conv, channels, inner conv channels, depth_linear, features
 
 
 class PadChannels(nn.Module):
-    """x scaled and zero-padded to `channels` channels (or features): norm-preserving times scale."""
+    """x scaled and zero-padded along dim 1 to `channels` channels (or features): norm-preserving
+    times scale."""
 
     def __init__(self, channels: int, scale: float) -> None:
         super().__init__()
@@ -31,7 +32,7 @@ class PadChannels(nn.Module):
         self.scale = scale
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.pad(self.scale * x, (0, 0, 0, 0, 0, self.channels - x.shape[1]))
+        return F.pad(self.scale * x, (0, 0) * (x.dim() - 2) + (0, self.channels - x.shape[1]))
 
 
 class FirstFeatures(nn.Module):

@@ -25,7 +25,7 @@ def toy(info: DatasetInfo, layer: str = "sandwich", gamma: float = 1.0) -> nn.Mo
     layers: list[nn.Module] = [Center(info.mean), nn.Flatten()]
     if layer == "sll":
         width = 128
-        layers += [nn.Unflatten(1, (inputs, 1, 1)), PadChannels(width, gamma ** 0.5), nn.Flatten()]
+        layers.append(PadChannels(width, gamma ** 0.5))
         layers += [SllFc(width, width) for _ in range(DEPTH - 2)]
         layers.append(FirstFeatures(outputs, gamma ** 0.5))
         return LipschitzNet(nn.Sequential(*layers), "plain", gamma, info.shape)
