@@ -106,6 +106,54 @@ def linear_init(weight: Tensor, bias: Tensor | None) -> None:
         nn.init.uniform_(bias, -1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
 
 
+def strided(cin: int, size: int, kernel_size: int, stride: int) -> tuple[int, int, int]:
+    """(input channels, spatial size, kernel size) a convolution sees after space-to-depth:
+    stride 2 takes 4 cin channels at size / 2 with the kernel halved, as the reference."""
+    if stride == 2:
+        return 4 * cin, size // 2, max(1, kernel_size // 2)
+    return cin, size, kernel_size
+
+
+class CayleyLinear(Cached):
+    """A weight W (rows x cols), a bias, and alpha = ||W|| at initialization; the weights are
+    Q = cayley(alpha W / ||W||). Orthogon uses Q, Sandwich (cols = fin + fout) splits it."""
+
+    def __init__(self, rows: int, cols: int, scale: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(rows, cols))
+        self.bias = nn.Parameter(torch.empty(rows))
+        linear_init(self.weight, self.bias)
+        self.alpha = nn.Parameter(self.weight.detach().norm().clone())
+        self.scale = scale
+
+    def parameterize(self) -> Tensor:
+        return cayley(self.alpha * self.weight / self.weight.norm())
+
+
+class CayleyConv(Cached):
+    """A kernel with `extra_in` more input channels than the (space-to-depth) input, a bias, and
+    alpha = the norm of the kernel's spectrum at initialization; the weights are per frequency
+    Q[f] = cayley(alpha W[f] / ||W||) of a circular convolution on `size` x `size` inputs."""
+
+    def __init__(self, cin: int, cout: int, size: int, stride: int, scale: float, kernel_size: int,
+                 extra_in: int) -> None:
+        super().__init__()
+        self.stride = stride
+        cin, self.size, kernel_size = strided(cin, size, kernel_size, stride)
+        self.weight = nn.Parameter(torch.empty(cout, cin + extra_in, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(cout))
+        linear_init(self.weight, self.bias)
+        self.alpha = nn.Parameter(kernel_spectrum(self.weight.detach(), self.size).norm().clone())
+        self.scale = scale
+
+    def parameterize(self) -> Tensor:
+        spectrum = kernel_spectrum(self.weight, self.size)
+        return cayley(self.alpha * spectrum / spectrum.norm())
+
+    def scaled_input(self, x: Tensor) -> Tensor:
+        return self.scale * (space_to_depth(x) if self.stride == 2 else x)
+
+
 @dataclass(frozen=True)
 class LayerFamily:
     """Builders of one family's layers: `fc(fin, fout, scale)` (a hidden layer, activation

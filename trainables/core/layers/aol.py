@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from trainables.core.layers import LAYERS, Cached, LayerFamily, linear_init, space_to_depth
+from trainables.core.layers import LAYERS, Cached, LayerFamily, linear_init, space_to_depth, strided
 
 
 class AolLin(Cached):
@@ -38,8 +38,7 @@ class AolConv(Cached):
                  kernel_size: int = 3, activation: bool = True) -> None:
         super().__init__()
         self.stride = stride
-        if stride == 2:
-            cin, kernel_size = 4 * cin, max(1, kernel_size // 2)
+        cin, _, kernel_size = strided(cin, size, kernel_size, stride)
         self.weight = nn.Parameter(torch.empty(cout, cin, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(cout))
         linear_init(self.weight, self.bias)
