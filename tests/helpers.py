@@ -57,6 +57,16 @@ def launch_command(spec_path: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "study.launch", str(spec_path), *args]
 
 
+def run_local_study(folder: Path, spec: dict, timeout: int = 900) -> str:
+    """Run `spec` to the end on a local Ray with its storage under `folder`, asserting that it
+    succeeded; returns the study's MLflow tracking URI."""
+    storage = folder / "runs"
+    done = subprocess.run(launch_command(write_spec(folder, spec), "--storage", str(storage)),
+                          cwd=folder, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return f"sqlite:///{storage / 'mlflow.db'}"
+
+
 def start_launch(spec_path: Path, *args: str, log: Path) -> subprocess.Popen:
     """The launcher in its own process session, so the test can kill it and all it started."""
     with open(log, "ab") as out:

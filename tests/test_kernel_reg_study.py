@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from analysis.records import METHOD_TAG
-from tests.helpers import epochs_logged, launch_command, study_runs, tiny_spec, write_spec
+from tests.helpers import epochs_logged, run_local_study, study_runs, tiny_spec
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +40,7 @@ def test_each_method_trains_an_epoch_and_is_evaluated(tiny_fashion_root: Path, t
         methods=METHODS, scheduler={"kind": "fifo"},
         search={"num_samples": len(METHODS), "first": [{"method": m} for m in METHODS]},
     )
-    storage = tmp_path / "runs"
-    done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(storage)),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    tracking_uri = f"sqlite:///{storage / 'mlflow.db'}"
+    tracking_uri = run_local_study(tmp_path, spec, timeout=900)
     client = MlflowClient(tracking_uri)
     children = study_runs(client, "kernel-reg")[1]
     runs = {r.data.tags[METHOD_TAG]: r for r in children}

@@ -4,7 +4,6 @@ is logged after training, never above the bound."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis.records import METHOD_TAG
-from tests.helpers import ROOT, epochs_logged, launch_command, study_runs, tiny_spec, write_spec
+from tests.helpers import ROOT, epochs_logged, run_local_study, study_runs, tiny_spec
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +40,7 @@ def test_each_layer_family_trains_in_a_study_with_certified_accuracy(tiny_fashio
         scheduler={"kind": "asha", "metric": "certified_eps0.1412_acc", "grace_period": 2},
         search={"num_samples": len(METHODS), "first": [{"method": m} for m in METHODS]},
     )
-    storage = tmp_path / "runs"
-    done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(storage)),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    client = MlflowClient(run_local_study(tmp_path, spec, timeout=900))
     runs = {r.data.tags[METHOD_TAG]: r for r in study_runs(client, "lipschitz-families")[1]}
     assert sorted(runs) == sorted(METHODS)
     for label, run in runs.items():
@@ -67,11 +62,7 @@ def test_the_toy_fit_logs_a_figure_per_trial(tmp_path: Path) -> None:
     spec["methods"] = {k: spec["methods"][k] for k in ("sandwich", "sll", "plain")}
     spec["search"] = {"num_samples": 3, "first": [{"method": m} for m in spec["methods"]]}
     spec["train"] = {"epochs": 3}
-    storage = tmp_path / "runs"
-    done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(storage)),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    client = MlflowClient(run_local_study(tmp_path, spec, timeout=600))
     runs = {r.data.tags[METHOD_TAG]: r for r in study_runs(client, "lipschitz_toy")[1]}
     assert sorted(runs) == ["plain", "sandwich", "sll"]
     for label, run in runs.items():
@@ -94,11 +85,7 @@ def test_a_lipconvnet_trains_with_each_head_in_a_study(tiny_fashion_root: Path, 
         methods=heads, scheduler={"kind": "fifo"},
         search={"num_samples": len(heads), "first": [{"method": m} for m in heads]},
     )
-    storage = tmp_path / "runs"
-    done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(storage)),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    client = MlflowClient(run_local_study(tmp_path, spec, timeout=600))
     runs = {r.data.tags[METHOD_TAG]: r for r in study_runs(client, "soc-heads")[1]}
     assert sorted(runs) == sorted(heads)
     for label, run in runs.items():

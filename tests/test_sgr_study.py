@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from analysis.curves import curve_areas
 from analysis.curves import main as curves_main
 from analysis.records import METHOD_TAG
-from tests.helpers import launch_command, study_runs, tiny_spec, write_spec
+from tests.helpers import run_local_study, study_runs, tiny_spec
 
 pytestmark = pytest.mark.integration
 
@@ -47,11 +47,7 @@ def test_the_sgr_family_trains_is_evaluated_and_transfers(tiny_fashion_root: Pat
         methods=METHODS, scheduler={"kind": "fifo"},
         search={"num_samples": len(METHODS), "first": [{"method": m} for m in METHODS]},
     )
-    storage = tmp_path / "runs"
-    done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(storage)),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    tracking_uri = f"sqlite:///{storage / 'mlflow.db'}"
+    tracking_uri = run_local_study(tmp_path, spec, timeout=900)
     client = MlflowClient(tracking_uri)
     parents, children = study_runs(client, "sgr-family")
     runs = {r.data.tags[METHOD_TAG]: r for r in children}
