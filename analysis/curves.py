@@ -18,10 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
 
 from analysis.pareto import best_per_method  # noqa: E402
-from analysis.records import find_study_run, trial_runs  # noqa: E402
+from analysis.records import add_study_arguments, open_study, trial_runs  # noqa: E402
 
 
 def accuracy_curves(runs: pd.DataFrame, attack: str) -> pd.DataFrame:
@@ -63,16 +62,13 @@ def plot_curves(curves: pd.DataFrame, areas: pd.Series, attack: str, path: Path)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.curves", description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", required=True)
-    parser.add_argument("--experiment", required=True)
+    add_study_arguments(parser)
     parser.add_argument("--attack", required=True,
                         help="metric prefix, e.g. pgd_linf, final_fgsm, final_lrc_zeta4, targeted_pgd_l2")
-    parser.add_argument("--parent-run", help="the study run id (default: the newest study run)")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for curves.csv and curves.png")
     args = parser.parse_args(argv)
-    client = MlflowClient(args.tracking_uri)
     try:
-        parent = find_study_run(client, args.experiment, args.parent_run)
+        client, parent = open_study(args)
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

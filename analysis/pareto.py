@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from analysis.records import ROBUST_METRIC_TAG, find_study_run, trial_runs  # noqa: E402
+from analysis.records import ROBUST_METRIC_TAG, add_study_arguments, open_study, trial_runs  # noqa: E402
 
 CLEAN = "metrics.clean_acc"
 ROBUST = "metrics.robust_acc"
@@ -111,14 +111,11 @@ def study_front(client: MlflowClient, parent_run_id: str) -> tuple[pd.DataFrame,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.pareto", description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", required=True)
-    parser.add_argument("--experiment", required=True)
-    parser.add_argument("--parent-run", help="the study run id (default: the newest study run)")
+    add_study_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for front.csv and front.png")
     args = parser.parse_args(argv)
-    client = MlflowClient(args.tracking_uri)
     try:
-        parent = find_study_run(client, args.experiment, args.parent_run)
+        client, parent = open_study(args)
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -34,6 +36,20 @@ def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | N
     if not runs:
         raise LookupError(f"experiment {experiment!r} holds no study run")
     return runs[0].info.run_id
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that name a study run for an analysis command."""
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--parent-run", help="the study run id (default: the newest study run)")
+
+
+def open_study(args: argparse.Namespace) -> tuple[MlflowClient, str]:
+    """(client, parent run id) of the study that add_study_arguments' options name; raises
+    LookupError when there is none."""
+    client = MlflowClient(args.tracking_uri)
+    return client, find_study_run(client, args.experiment, args.parent_run)
 
 
 TRIAL_COLUMNS = ["run_id", "status", "method", "budget", "metrics.clean_acc", "metrics.robust_acc"]
