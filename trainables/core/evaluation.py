@@ -93,10 +93,10 @@ class AttackEval:
         step = self.step_size if self.step_size is not None else 2.5 * eps / steps
         return attack(model, x, y, eps=eps, steps=steps, step_size=step, target=target)
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Per-metric counts of examples still correctly classified under attack."""
-        logits = model(x)
+        """Per-metric counts of examples still correctly classified under attack (`logits`: the
+        model's on the clean batch, which evaluate computes once for every item)."""
         clean_ok = logits.argmax(1) == y
         target = None
         if self.targeted:
@@ -156,9 +156,9 @@ class NoiseEval:
             return uniform_noise(x, eps, generator)
         return lrc_sampler(tuple(x.shape[1:]), zeta, x.device).sample_scaled(len(x), eps, generator).to(x.dtype)
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
-        clean_ok = model(x).argmax(1) == y
+        clean_ok = logits.argmax(1) == y
         counts = {}
         for prefix, zeta in self.settings():
             for eps in self.eps:
@@ -190,7 +190,7 @@ class CertifiedEval:
     def metric_names(self) -> list[str]:
         return [metric_name("certified", eps) for eps in self.eps]
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
         logits, radius = model.certify(x)
         if logits.shape[1] == 1:  # regression: |f - y| < 0.5 holds within (0.5 - |f - y|) / L
@@ -226,7 +226,7 @@ class LipschitzEstimateEval:
     def maxima(self) -> set[str]:
         return {"lipschitz_estimate", "lipschitz_bound"}
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
         best = torch.zeros((), device=x.device)
         with torch.enable_grad():
@@ -265,9 +265,9 @@ class FitEval:
     def metric_names(self) -> list[str]:
         return ["fit_mse"]
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return {"fit_mse": (model(x)[:, 0] - y).square().sum()}
+        return {"fit_mse": (logits[:, 0] - y).square().sum()}
 
     def derived(self, metrics: dict[str, float]) -> dict[str, float]:
         return {}
@@ -290,7 +290,7 @@ class DeepFoolEval:
     def metric_names(self) -> list[str]:
         return ["deepfool_rho"]
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
                 generator: torch.Generator) -> dict[str, torch.Tensor]:
         with torch.enable_grad():
             r = deepfool(model, x, self.overshoot, self.max_iter)
@@ -360,9 +360,10 @@ def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig) -> dict[str
     maxima = set().union(*(getattr(item, "maxima", set)() for item in config.items))
     totals: dict[str, torch.Tensor] = {}
     for x, y in eval_batches(x_all, y_all, config.batch_size):
-        counts = {"clean_acc": correct_predictions(model(x), y).sum()}
+        logits = model(x)
+        counts = {"clean_acc": correct_predictions(logits, y).sum()}
         for item in config.items:
-            counts.update(item.correct(model, x, y, generator))
+            counts.update(item.correct(model, x, y, logits, generator))
         for name, count in counts.items():
             combine = torch.maximum if name in maxima else torch.add
             totals[name] = combine(totals[name], count) if name in totals else count
