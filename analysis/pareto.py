@@ -52,9 +52,10 @@ def pareto_front(trials: pd.DataFrame, x: str = CLEAN, y: str = ROBUST) -> pd.Da
 
 
 def hyperparameters(row: pd.Series) -> str:
-    """`epsilon=0.7, steps=5` from the run's `params.hp.*` columns."""
+    """`epsilon=0.7, steps=5` from the run's `params.hp.*` columns; a hyperparameter left to
+    its rule (`step_size: None`, i.e. derived from epsilon) is not shown."""
     prefix = "params.hp."
-    items = [(k[len(prefix):], v) for k, v in row.items() if k.startswith(prefix) and pd.notna(v)]
+    items = [(k[len(prefix):], v) for k, v in row.items() if k.startswith(prefix) and pd.notna(v) and v != "None"]
     return ", ".join(f"{k}={format_value(v)}" for k, v in sorted(items))
 
 
@@ -77,7 +78,8 @@ def front_table(front: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, path: Path) -> None:
-    """Every trial coloured by method (stopped-early ones hollow), the front as a step line."""
+    """Every trial coloured by method (stopped-early ones hollow), the front as a step line
+    through ringed points (so a front of one point, or of coinciding trials, still shows)."""
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for method, group in trials.dropna(subset=[CLEAN, ROBUST]).groupby("method"):
         full = group["budget"] == "full"
@@ -85,7 +87,9 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, pa
         ax.scatter(group.loc[~full, CLEAN], group.loc[~full, ROBUST], s=36,
                    facecolors="none", edgecolors=points.get_facecolor())
     if not front.empty:
-        ax.step(front[CLEAN], front[ROBUST], where="pre", color="black", lw=1.2, label="Pareto front")
+        ax.step(front[CLEAN], front[ROBUST], where="pre", color="black", lw=1.2)
+        ax.scatter(front[CLEAN], front[ROBUST], s=110, facecolors="none", edgecolors="black", lw=1.2,
+                   label="Pareto front")
     ax.set_xlabel("clean accuracy")
     ax.set_ylabel(f"robust accuracy ({robust_label(robust_metric)})")
     ax.set_title("clean vs robust accuracy (hollow: stopped early)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.pareto import front_table, pareto_front, robust_label
+from analysis.pareto import front_table, hyperparameters, pareto_front, robust_label
 
 
 def trials(rows: list[tuple]) -> pd.DataFrame:
@@ -27,6 +27,12 @@ def test_front_keeps_only_full_budget_non_dominated_trials() -> None:
     table = front_table(front)
     assert list(table.columns) == ["method", "hyperparameters", "clean_acc", "robust_acc", "run_id"]
     assert table.loc[0, "hyperparameters"] == "epsilon=1.5"
+
+
+def test_hyperparameters_left_to_their_rule_are_not_shown() -> None:
+    row = pd.Series({"params.hp.epsilon": "0.31043", "params.hp.step_size": "None", "params.hp.clip": "True",
+                     "params.hp.steps": "5", "params.resources.cpu": "1"})
+    assert hyperparameters(row) == "clip=True, epsilon=0.3104, steps=5"
 
 
 def test_empty_study_has_an_empty_front() -> None:
