@@ -4,6 +4,7 @@ subprocess, and reading the study back from MLflow."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -114,6 +115,17 @@ def study_runs(client: MlflowClient, experiment: str) -> tuple[list[Run], list[R
 
 def epochs_logged(client: MlflowClient, run: Run, metric: str = "train_loss") -> list[int]:
     return [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+
+
+def reported_results(storage: Path) -> dict[str, list[dict]]:
+    """Per trial id, every result Tune received from it, in order, across all its attempts (the
+    result.json files in the study folders under `storage`)."""
+    results: dict[str, list[dict]] = {}
+    for path in sorted(storage.glob("*/*/result.json")):
+        for line in path.read_text().splitlines():
+            result = json.loads(line)
+            results.setdefault(result["trial_id"], []).append(result)
+    return results
 
 
 def free_port() -> int:
