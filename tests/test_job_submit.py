@@ -28,11 +28,14 @@ def test_a_study_runs_as_a_ray_job(tiny_fashion_root: Path, tmp_path: Path) -> N
         assert head.returncode == 0, out[-3000:]
         spec = write_spec(tmp_path, tiny_spec(tiny_fashion_root, name="job", search={"num_samples": 2}))
         storage = tmp_path / "runs"
-        job = subprocess.run(
-            [RAY_CLI, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--",
-             sys.executable, "-m", "study.launch", str(spec), "--storage", str(storage)],
-            cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_AUTH_MODE": "token"},
-        )
+        submit = [RAY_CLI, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--",
+                  sys.executable, "-m", "study.launch", str(spec), "--storage", str(storage)]
+        without_token = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+        refused = subprocess.run(submit, cwd=ROOT, capture_output=True, text=True, timeout=120, env=without_token)
+        assert refused.returncode != 0 and "Authentication required" in refused.stdout + refused.stderr, \
+            "the cluster has token authentication on"
+        job = subprocess.run(submit, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "RAY_AUTH_MODE": "token"})
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "Pareto front" in job.stdout and "succeeded" in job.stdout + job.stderr
     finally:
