@@ -128,7 +128,7 @@ def test_a_node_removed_mid_study_reschedules_its_trials(
     assert moved, "the removed node's trial failed over"
     for run in children:
         assert run.info.status == "FINISHED"
-        assert epochs_logged(client, run) == list(range(1, epochs + 1)), "resumed from its checkpoint, each epoch once"
+        assert epochs_logged(client, run) == list(range(1, epochs + 1)), "each epoch recorded once"
     details = [(r.data.tags.get(NODE_TAG), r.data.tags.get(FAILURES_TAG)) for r in children]
     assert {r.data.tags[NODE_TAG] for r in moved} == {survivor}, (victim.node_id, survivor, details)
     results = reported_results(tmp_path / "runs")
