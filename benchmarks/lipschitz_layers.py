@@ -13,14 +13,14 @@ that differs between families), and on a GPU also torch's peak allocation of the
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch import nn
 
 from trainables.core.layers import LAYERS
 from trainables.core.layers.sll import SllConv, SllFc
+
+from timing import mean_seconds  # benchmarks/timing.py
 
 KINDS = ("conv", "fc")
 
@@ -30,24 +30,6 @@ def build(family: str, kind: str, channels: int, size: int, features: int) -> nn
         return SllConv(channels, channels) if kind == "conv" else SllFc(features, features)
     builders = LAYERS.get(family)
     return builders.conv(channels, channels, size, 1, 1.0) if kind == "conv" else builders.fc(features, features, 1.0)
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(step: callable, device: str, repeats: int) -> float:
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        started = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - started)
-    return statistics.fmean(times)
 
 
 def measure(family: str, kind: str, args: argparse.Namespace) -> dict[str, float]:
@@ -66,7 +48,7 @@ def measure(family: str, kind: str, args: argparse.Namespace) -> dict[str, float
 
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    train = timed(train_step, args.device, args.repeats)
+    train = mean_seconds(lambda _: train_step(), args.device, args.repeats)
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if args.device == "cuda" else float("nan")
     saved: dict[int, int] = {}
 
@@ -79,9 +61,9 @@ def measure(family: str, kind: str, args: argparse.Namespace) -> dict[str, float
         layer(x).square().mean()
     with torch.no_grad():
         layer.eval()
-        cached = timed(lambda: layer(x), args.device, args.repeats)
+        cached = mean_seconds(lambda _: layer(x), args.device, args.repeats)
         layer.train()  # a training-mode forward recomputes the parameterization every call
-        recomputed = timed(lambda: layer(x), args.device, args.repeats)
+        recomputed = mean_seconds(lambda _: layer(x), args.device, args.repeats)
     return {"train": train, "cached": cached, "recomputed": recomputed, "peak_mb": peak,
             "saved_mb": sum(saved.values()) / 2 ** 20}
 

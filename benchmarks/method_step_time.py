@@ -13,8 +13,6 @@ adds its attack's steps).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -22,6 +20,8 @@ from trainables.core.data import DatasetInfo
 from trainables.core.data.cifar import CIFAR10_INFO
 from trainables.core.methods import METHODS, StepContext, build_method
 from trainables.core.models import ModelConfig, build_model
+
+from timing import mean_seconds  # benchmarks/timing.py
 
 FASHION = DatasetInfo("fashion_mnist", 10, (1, 28, 28), (0.2860,), (0.3530,))
 VARIANTS = [
@@ -54,22 +54,16 @@ def step_seconds(name: str, model_name: str, info: DatasetInfo, batch: int, step
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(batch, *info.shape, device=device, generator=generator)
     y = torch.randint(0, info.num_classes, (batch,), device=device, generator=generator)
-    times = []
-    for step in range(steps + 5):
+
+    def train_step(step: int) -> None:
         ctx = StepContext(epoch=0, step=step, generator=generator)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
         loss = method.loss(model, x, y, ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         method.after_step(model, ctx)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if step >= 5:
-            times.append(time.perf_counter() - started)
-    return statistics.fmean(times)
+
+    return mean_seconds(train_step, device, steps, warmup=5)
 
 
 def main() -> None:

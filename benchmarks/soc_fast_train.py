@@ -8,8 +8,6 @@ reports over 30% less time per epoch for deeper networks.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch import nn
@@ -18,23 +16,19 @@ from trainables.core.data.cifar import CIFAR10_INFO
 from trainables.core.layers.soc import SocConv
 from trainables.core.models import ModelConfig, build_model
 
+from timing import mean_seconds  # benchmarks/timing.py
+
 
 def step_seconds(model: nn.Module, x: torch.Tensor, device: str, repeats: int) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     model.train()
-    times = []
-    for step in range(repeats + 2):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
+
+    def train_step(_: int) -> None:
         optimizer.zero_grad(set_to_none=True)
         model(x).square().mean().backward()
         optimizer.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if step >= 2:
-            times.append(time.perf_counter() - started)
-    return statistics.fmean(times)
+
+    return mean_seconds(train_step, device, repeats, warmup=2)
 
 
 def main() -> None:
