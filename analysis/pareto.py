@@ -2,6 +2,8 @@
 
 `python -m analysis.pareto --tracking-uri URI --experiment NAME` writes front.csv and front.png
 (every trial coloured by method, the front as a step line) and logs the PNG to the study run.
+The robust axis is a trial's final strong evaluation (`final_robust_acc`, e.g. AutoAttack) where
+it has one, else the search's cheap metric (`robust_acc`, e.g. PGD); the clean axis follows it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from analysis.records import ROBUST_METRIC_TAG, add_study_arguments, open_study, trial_runs  # noqa: E402
+from analysis.records import (  # noqa: E402
+    FINAL_ROBUST_METRIC_TAG,
+    ROBUST_METRIC_TAG,
+    add_study_arguments,
+    open_study,
+    trial_runs,
+)
 
-CLEAN = "metrics.clean_acc"
-ROBUST = "metrics.robust_acc"
+CLEAN = "front.clean"
+ROBUST = "front.robust"
+SEARCH_ROBUST = "metrics.robust_acc"
+FINAL_ROBUST = "metrics.final_robust_acc"
+
+
+def with_axes(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials with the front's axes: the final evaluation's clean and robust accuracy where a
+    trial has them, else the per-epoch ones."""
+    trials = trials.copy()
+    final = trials.get(FINAL_ROBUST, pd.Series(float("nan"), index=trials.index))
+    has_final = final.notna()
+    final_clean = trials.get("metrics.final_clean_acc", pd.Series(float("nan"), index=trials.index))
+    trials[CLEAN] = final_clean.where(has_final, trials["metrics.clean_acc"])
+    trials[ROBUST] = final.where(has_final, trials[SEARCH_ROBUST])
+    return trials
 
 
 def completed(trials: pd.DataFrame, x: str = CLEAN, y: str = ROBUST) -> pd.DataFrame:
@@ -67,14 +89,19 @@ def format_value(value: str) -> str:
 
 
 def front_table(front: pd.DataFrame) -> pd.DataFrame:
-    """The front as the columns a reader wants: method, hyperparameters, clean_acc, robust_acc."""
-    return pd.DataFrame({
+    """The front as the columns a reader wants: method, hyperparameters, clean accuracy, the
+    search's robust accuracy (cheap, e.g. PGD) beside the final strong one (e.g. AutoAttack),
+    and whether an attack-failure indicator fired (`!`: see the run's robust_study.eval_warning)."""
+    table = pd.DataFrame({
         "method": front["method"],
         "hyperparameters": [hyperparameters(row) for _, row in front.iterrows()],
         "clean_acc": front[CLEAN],
-        "robust_acc": front[ROBUST],
+        "search_robust": front[SEARCH_ROBUST],
+        "final_robust": front.get(FINAL_ROBUST, pd.Series(float("nan"), index=front.index)),
+        "warn": ["!" if warning else "" for warning in front.get("eval_warning", pd.Series("", index=front.index))],
         "run_id": front["run_id"],
     }).reset_index(drop=True)
+    return table.drop(columns="final_robust") if table["final_robust"].isna().all() else table
 
 
 def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, path: Path) -> None:
@@ -108,8 +135,9 @@ def robust_label(metric: str) -> str:
 
 def study_front(client: MlflowClient, parent_run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """(all trials, the front, the primary robust metric) of one study run."""
-    trials = trial_runs(client, parent_run_id)
-    robust_metric = client.get_run(parent_run_id).data.tags.get(ROBUST_METRIC_TAG, "robust_acc")
+    trials = with_axes(trial_runs(client, parent_run_id))
+    tags = client.get_run(parent_run_id).data.tags
+    robust_metric = tags.get(FINAL_ROBUST_METRIC_TAG) or tags.get(ROBUST_METRIC_TAG, "robust_acc")
     return trials, pareto_front(trials), robust_metric
 
 

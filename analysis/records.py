@@ -14,10 +14,12 @@ TRIAL_TAG = "robust_study.trial_id"
 METHOD_TAG = "robust_study.method"
 BUDGET_TAG = "robust_study.budget"
 ROBUST_METRIC_TAG = "robust_study.robust_metric"
+FINAL_ROBUST_METRIC_TAG = "robust_study.final_robust_metric"  # the front's robust axis where trials have it
 FAILURE_TAG = "robust_study.failure"
 FAILURES_TAG = "robust_study.failures"
 NODE_TAG = "robust_study.node_id"
 ORPHAN_TAG = "robust_study.orphaned"
+EVAL_WARNING_TAG = "robust_study.eval_warning"  # attack-failure indicators that fired, "; " between
 
 
 def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> str:
@@ -52,7 +54,7 @@ def open_study(args: argparse.Namespace) -> tuple[MlflowClient, str]:
     return client, find_study_run(client, args.experiment, args.parent_run)
 
 
-TRIAL_COLUMNS = ["run_id", "status", "method", "budget", "metrics.clean_acc", "metrics.robust_acc"]
+TRIAL_COLUMNS = ["run_id", "status", "method", "budget", "eval_warning", "metrics.clean_acc", "metrics.robust_acc"]
 
 
 def child_runs(client: MlflowClient, parent_run_id: str, trial_id: str | None = None) -> list[Run]:
@@ -74,6 +76,7 @@ def trial_runs(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
             "status": run.info.status,
             "method": run.data.tags.get(METHOD_TAG, ""),
             "budget": run.data.tags.get(BUDGET_TAG, ""),
+            "eval_warning": run.data.tags.get(EVAL_WARNING_TAG, ""),
         }
         row.update({f"params.{k}": v for k, v in run.data.params.items()})
         row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})

@@ -1,14 +1,16 @@
 """A final evaluation of a trained model, logged back to its run.
 
-    python -m study.evaluate --tracking-uri URI --run-id TRIAL_RUN_ID [--eval EVAL.yaml]
+    python -m study.evaluate --tracking-uri URI --run-id TRIAL_RUN_ID [--eval strong | EVAL.yaml]
     python -m study.evaluate --checkpoint runs/STUDY/TRIAL/checkpoint_000009 --spec runs/STUDY/spec.yaml
 
 By default the kernel_reg reference's: full test set; clean accuracy; untargeted l2 PGD from
 delta = 0, 100 steps of fixed length 0.5, at eps 0.1, 0.5, 1.0, 1.5; linf PGD from delta = 0, 100
-sign steps of 0.01, at eps 1, 2, 5, 8 /255. `--eval` takes any evaluation instead, written as a
-spec's `eval:` section (items of kind attack, noise, deepfool). With --run-id the model is the
-run's final weights and the settings its study's spec; the results are logged to that run as
-`final_*` metrics.
+sign steps of 0.01, at eps 1, 2, 5, 8 /255. `--eval strong` runs AutoAttack (standard) and the
+minimum-norm attacks at every norm and eps the study's spec evaluates (and the certificate check
+for a Lipschitz-bounded model), with a progress bar. `--eval EVAL.yaml` takes any evaluation
+instead, written as a spec's `eval:` section. With --run-id the model is the run's final weights
+and the settings its study's spec; the results are logged to that run as `final_*` metrics
+and its per-example tables as artifacts under `eval/`.
 """
 
 from __future__ import annotations
@@ -28,12 +30,21 @@ from analysis.records import PARENT_TAG
 from study.spec import StudySpec, load_spec
 from study.storage import SPEC_FILE
 from trainables.core.data import load_data
-from trainables.core.evaluation import AttackEval, EvalConfig, evaluate
+from trainables.core.evaluation import (
+    AttackEval,
+    AutoAttackEval,
+    CertificateCheckEval,
+    CertifiedEval,
+    EvalConfig,
+    EvalResult,
+    MinNormEval,
+    run_evaluation,
+)
 from trainables.core.models import build_model
 from trainables.core.registry import ConfigError
 from trainables.core.schema import parse
 from trainables.core.train import resolve_device
-from trainables.trainable import MODEL_FILE
+from trainables.trainable import EVAL_TABLES, MODEL_FILE, write_tables
 
 L2_EPS = [0.1, 0.5, 1.0, 1.5]
 LINF_EPS = [1 / 255, 2 / 255, 5 / 255, 8 / 255]
@@ -45,6 +56,28 @@ def reference_evaluation(examples: int | None, steps: int, batch_size: int) -> E
         items=[AttackEval(attack="pgd_l2", eps=L2_EPS, steps=steps, step_size=0.5),
                AttackEval(attack="pgd_linf", eps=LINF_EPS, steps=steps, step_size=0.01)],
     )
+
+
+def strong_evaluation(spec: StudySpec, examples: int | None, batch_size: int) -> EvalConfig:
+    """AutoAttack standard and min_norm at each (norm, eps) the spec's evaluations use; the
+    certificate check where the spec measures certified accuracy."""
+    radii: dict[str, set[float]] = {}
+    configs = [spec.eval] + ([spec.final_eval] if spec.final_eval is not None else [])
+    for item in (item for config in configs for item in config.items):
+        norm = item.norm if isinstance(item, AttackEval | AutoAttackEval | MinNormEval) else "l2"
+        if isinstance(item, AttackEval | AutoAttackEval | MinNormEval | CertifiedEval):
+            radii.setdefault(norm, set()).update(item.eps)
+    if not radii:
+        raise ConfigError("--eval strong: the spec evaluates no robust accuracy at any eps (no attack, autoattack, "
+                          "min_norm or certified item) to take norms and radii from")
+    items = []
+    for norm, eps in sorted(radii.items()):
+        attacks = ["fmn", "ddn", "fab"] if norm == "l2" else ["fmn", "fab"]
+        items += [AutoAttackEval(norm=norm, eps=sorted(eps), version="standard"),
+                  MinNormEval(norm=norm, eps=sorted(eps), attacks=attacks)]
+    if any(config.needs_bound for config in configs):
+        items.append(CertificateCheckEval(eps=sorted(radii["l2"])))
+    return EvalConfig(split="test", examples=examples, batch_size=batch_size, items=items)
 
 
 def load_evaluation(path: Path, examples: int | None) -> EvalConfig:
@@ -60,12 +93,12 @@ def load_evaluation(path: Path, examples: int | None) -> EvalConfig:
     return config
 
 
-def evaluate_weights(spec: StudySpec, weights: dict, config: EvalConfig) -> dict[str, float]:
+def evaluate_weights(spec: StudySpec, weights: dict, config: EvalConfig) -> EvalResult:
     device = resolve_device(spec.train.device)
     data = load_data(spec.data).to(device)
     model = build_model(spec.model, data.info).to(device)
     model.load_state_dict(weights)
-    return evaluate(model, data, config)
+    return run_evaluation(model, data, config, progress=True)
 
 
 def from_run(client: MlflowClient, run_id: str, folder: Path) -> tuple[StudySpec, dict]:
@@ -96,15 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--checkpoint", type=Path, help="a trial's checkpoint folder, model.pt or state.pt")
     parser.add_argument("--tracking-uri", help="with --run-id: the study's MLflow tracking URI")
     parser.add_argument("--spec", type=Path, help="with --checkpoint: the study's spec.yaml")
-    parser.add_argument("--eval", type=Path, dest="eval_file",
-                        help="YAML of an `eval:` section to run instead of the reference evaluation")
+    parser.add_argument("--eval", dest="eval_file",
+                        help="`strong` (AutoAttack standard + min_norm at the spec's radii) or the YAML of an "
+                             "`eval:` section, instead of the reference evaluation")
     parser.add_argument("--examples", type=int, help="first N test examples (default: all)")
     parser.add_argument("--steps", type=int, default=100, help="PGD steps (default 100, as the reference)")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
     try:
-        config = (load_evaluation(args.eval_file, args.examples) if args.eval_file
-                  else reference_evaluation(args.examples, args.steps, args.batch_size))
         if args.run_id:
             if not args.tracking_uri:
                 raise ConfigError("--tracking-uri: required with --run-id")
@@ -115,13 +147,26 @@ def main(argv: list[str] | None = None) -> int:
             if args.spec is None:
                 raise ConfigError("--spec: required with --checkpoint (the study's spec.yaml)")
             spec, weights = from_checkpoint(args.checkpoint, args.spec)
+        if args.eval_file == "strong":
+            config = strong_evaluation(spec, args.examples, args.batch_size)
+        elif args.eval_file:
+            config = load_evaluation(Path(args.eval_file), args.examples)
+        else:
+            config = reference_evaluation(args.examples, args.steps, args.batch_size)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    metrics = {f"final_{name}": value for name, value in evaluate_weights(spec, weights, config).items()}
+    result = evaluate_weights(spec, weights, config)
+    metrics = {f"final_{name}": value for name, value in result.metrics.items()}
     for name, value in metrics.items():
-        print(f"{name:32s} {value:.4f}")
+        print(f"{name:40s} {value:.4f}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     if args.run_id:
+        with tempfile.TemporaryDirectory() as folder:
+            write_tables(result.tables, Path(folder))
+            if result.tables:
+                client.log_artifacts(args.run_id, folder, EVAL_TABLES)
         now = int(time.time() * 1000)
         # at the run's last epoch, so these are its latest values even where the study's own
         # final evaluation logged metrics of the same name

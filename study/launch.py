@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -64,6 +65,12 @@ def print_front(client: MlflowClient, parent_run_id: str) -> None:
           "trials that ran the full budget):")
     table = front_table(front).drop(columns="run_id")
     print(table.to_string(index=False) if not table.empty else "(no trial ran the full budget)")
+    for _, trial in front[front["eval_warning"].astype(bool)].iterrows():
+        print(f"! {trial['method']} ({trial['run_id'][:8]}): {trial['eval_warning']}")
+    violations = trials.get("metrics.final_certificate_violations", pd.Series(dtype=float)).fillna(0)
+    for _, trial in trials[violations > 0].iterrows():
+        print(f"error: certificate violated: {trial['method']} ({trial['run_id']}): "
+              f"{int(violations[trial.name])} adversarial example(s) inside the certified radius")
     failed = int((trials["status"] == "FAILED").sum())
     if failed:
         print(f"{failed} trial(s) failed: see the tag robust_study.failure of their MLflow runs")
@@ -83,6 +90,7 @@ def start_study(spec: StudySpec, storage: Storage, tracking_uri: str, client: Ml
             run_name=run_name,
             settings=to_dict(spec.settings()),
             robust_metric=spec.eval.primary_robust_metric,
+            final_robust_metric=spec.final_eval.primary_robust_metric if spec.final_eval else None,
             spec_file=spec_file,
         )
     record = StudyRecord(run_name, parent, tracking_uri, spec.experiment)

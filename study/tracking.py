@@ -19,8 +19,10 @@ from ray.tune.experiment import Trial
 
 from analysis.records import (
     BUDGET_TAG,
+    EVAL_WARNING_TAG,
     FAILURE_TAG,
     FAILURES_TAG,
+    FINAL_ROBUST_METRIC_TAG,
     METHOD_TAG,
     NODE_TAG,
     ORPHAN_TAG,
@@ -30,7 +32,8 @@ from analysis.records import (
     TRIAL_TAG,
     child_runs,
 )
-from trainables.trainable import FIGURES, MODEL_FILE
+from trainables.core.train import EVAL_WARNINGS
+from trainables.trainable import EVAL_TABLES, FIGURES, MODEL_FILE
 
 MAX_PARAM_LENGTH = 6000
 RUNNING, FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (
@@ -61,6 +64,7 @@ def start_study_run(
     settings: dict[str, Any],
     robust_metric: str,
     spec_file: Path,
+    final_robust_metric: str | None = None,
 ) -> str:
     """Create the experiment if needed and the study's parent run; returns the run id."""
     found = client.get_experiment_by_name(experiment)
@@ -72,7 +76,8 @@ def start_study_run(
     run = client.create_run(
         experiment_id,
         run_name=run_name,
-        tags={STUDY_TAG: run_name, ROBUST_METRIC_TAG: robust_metric},
+        tags={STUDY_TAG: run_name, ROBUST_METRIC_TAG: robust_metric,
+              **({FINAL_ROBUST_METRIC_TAG: final_robust_metric} if final_robust_metric else {})},
     )
     client.log_batch(run.info.run_id, params=as_params(settings))
     client.log_artifact(run.info.run_id, str(spec_file))
@@ -159,7 +164,10 @@ class TrialTracker(tune.Callback):
             return  # re-run after a restore from an older checkpoint: that epoch is recorded
         now = int(time.time() * 1000)
         metrics = [Metric(name, float(result[name]), now, epoch) for name in self.metric_names if name in result]
-        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(NODE_TAG, result["node_id"])])
+        tags = [RunTag(NODE_TAG, result["node_id"])]
+        if result.get(EVAL_WARNINGS):
+            tags.append(RunTag(EVAL_WARNING_TAG, result[EVAL_WARNINGS][:MAX_PARAM_LENGTH]))
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.logged_epochs[run_id] = epoch
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -209,8 +217,9 @@ class TrialTracker(tune.Callback):
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as folder:
                 self.client.log_artifact(run_id, str(Path(folder) / MODEL_FILE), "model")
-                if (Path(folder) / FIGURES).is_dir():
-                    self.client.log_artifacts(run_id, str(Path(folder) / FIGURES), FIGURES)
+                for extra in (FIGURES, EVAL_TABLES):
+                    if (Path(folder) / extra).is_dir():
+                        self.client.log_artifacts(run_id, str(Path(folder) / extra), extra)
         self.client.set_terminated(run_id, FINISHED)
 
     def fail(self, trial: Trial) -> None:

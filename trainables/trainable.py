@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import ray
 import torch
 from ray import tune
@@ -20,11 +21,12 @@ from trainables.core.data import DataBundle
 from trainables.core.figures import is_one_dimensional_fit, one_dimensional_fit
 from trainables.core.methods import build_method
 from trainables.core.models import build_model
-from trainables.core.train import RunSettings, fit
+from trainables.core.train import RunSettings, Tables, fit
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
 FIGURES = "figures"  # a checkpoint's figures, logged with the model when the trial finishes
+EVAL_TABLES = "eval"  # the final evaluation's per-example tables (CSV), logged likewise
 
 
 def trial_threads() -> int:
@@ -48,11 +50,12 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle)
         with checkpoint.as_directory() as folder:
             resume_from = torch.load(Path(folder) / STATE_FILE, weights_only=True)
 
-    def report(metrics: dict[str, float], snapshot: Callable[[], dict[str, Any]]) -> None:
+    def report(metrics: dict[str, Any], snapshot: Callable[[], dict[str, Any]], tables: Tables) -> None:
         state = snapshot()
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
             torch.save(state["model"], Path(folder) / MODEL_FILE)
+            write_tables(tables, Path(folder) / EVAL_TABLES)
             if metrics["epoch"] == settings.train.epochs and is_one_dimensional_fit(data):
                 draw_fit(state["model"], Path(folder) / FIGURES / "fit.png")
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -65,3 +68,12 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle)
         one_dimensional_fit(model, data, title[:120], path)
 
     fit(settings, method, data, on_epoch=report, resume_from=resume_from)
+
+
+def write_tables(tables: Tables, folder: Path) -> None:
+    """Each per-example table as `folder/NAME.csv` (a header row, one row per example)."""
+    for name, columns in tables.items():
+        folder.mkdir(exist_ok=True)
+        frame = pd.DataFrame({column: values.numpy() for column, values in columns.items()})
+        frame.insert(0, "example", range(len(frame)))
+        frame.to_csv(folder / f"{name}.csv", index=False)

@@ -1,6 +1,7 @@
-"""Attacks on a model with inputs in [0, 1], shared by training methods and evaluation: l2 and
-linf PGD (untargeted, or targeted at given classes), their one-step forms FGM and FGSM,
-DeepFool's minimal l2 perturbation, and random noise."""
+"""Attacks on a model with inputs in [0, 1], shared by training methods and search-time
+evaluation: l2 and linf PGD (untargeted or targeted; cross-entropy or margin losses; restarts;
+best-iterate counting), their one-step forms FGM and FGSM, DeepFool's minimal l2 perturbation,
+and random noise. Final robust accuracy comes from adv-lib's attacks (`evaluation/`)."""
 
 from __future__ import annotations
 
@@ -21,69 +22,117 @@ def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
     return delta * (eps / per_example_norm(delta).clamp_min(eps))
 
 
-def loss_gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """grad of the summed cross-entropy with respect to the (perturbed) input."""
-    x_adv = x_adv.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)
-    return grad
+LOSSES = ("ce", "dlr", "cw")
 
 
-def ascent_direction(
-    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
-) -> torch.Tensor:
-    """Where the loss of an attack grows: up the cross-entropy of the true labels (untargeted),
-    or down the cross-entropy of the `target` classes (targeted)."""
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, loss: str) -> torch.Tensor:
+    """Per example, what an attack ascends: `ce` the cross-entropy of the label (untargeted) or
+    minus that of the target; `cw` the margin max_{j != y} z_j - z_y (or z_t - max_{j != t} z_j);
+    `dlr` Croce & Hein's scale-invariant margin, -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3)
+    untargeted, -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) targeted (pi: logits sorted)."""
+    if loss == "ce":
+        if target is None:
+            return F.cross_entropy(logits, y, reduction="none")
+        return -F.cross_entropy(logits, target, reduction="none")
+    z_y = logits.gather(1, y[:, None])[:, 0]
     if target is None:
-        return loss_gradient(model, x_adv, y)
-    return -loss_gradient(model, x_adv, target)
-
-
-def pgd_l2(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    steps: int,
-    step_size: float,
-    clip: bool = True,
-    target: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """l2 PGD from delta = 0: normalized-gradient ascent on the cross-entropy (of `target` when
-    given: targeted), each step projected on the eps-ball (and onto [0, 1] pixels when `clip`).
-    Returns x + delta."""
-    delta = torch.zeros_like(x)
-    for _ in range(steps):
-        grad = ascent_direction(model, x + delta, y, target)
-        delta = delta + step_size * grad / per_example_norm(grad).clamp_min(1e-12)
-        delta = project_l2(delta, eps)
-        if clip:
-            delta = (x + delta).clamp(0.0, 1.0) - x
-    return (x + delta).detach()
-
-
-def pgd_linf(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    steps: int,
-    step_size: float,
-    clip: bool = True,
-    generator: torch.Generator | None = None,
-    target: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """linf PGD: sign-gradient ascent steps (targeted at `target` when given), delta clamped to
-    [-eps, eps] (and x + delta to [0, 1] when `clip`). With a `generator` it starts uniformly in
-    the box (kernel_reg's training attack), without one from delta = 0 (deterministic evaluation)."""
-    if generator is None:
-        delta = torch.zeros_like(x)
+        others = logits.scatter(1, y[:, None], -torch.inf).amax(1)
+        margin = others - z_y
     else:
-        delta = eps * (2 * torch.rand(x.shape, generator=generator, device=x.device) - 1)
-    for _ in range(steps):
-        delta = (delta + step_size * ascent_direction(model, x + delta, y, target).sign()).clamp(-eps, eps)
-        if clip:
-            delta = (x + delta).clamp(0.0, 1.0) - x
-    return (x + delta).detach()
+        z_t = logits.gather(1, target[:, None])[:, 0]
+        margin = z_t - logits.scatter(1, target[:, None], -torch.inf).amax(1) if loss == "cw" else z_t - z_y
+    if loss == "cw":
+        return margin
+    ranked = logits.sort(1, descending=True).values
+    scale = ranked[:, 0] - (ranked[:, 2] if target is None else (ranked[:, 2] + ranked[:, 3]) / 2)
+    return margin / (scale + 1e-12)
+
+
+def attack_step(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits at x_adv, the gradient of the summed attack loss there): one forward, one backward."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    logits = model(x_adv)
+    (grad,) = torch.autograd.grad(attack_loss(logits, y, target, loss).sum(), x_adv)
+    return logits.detach(), grad
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """A starting perturbation drawn in the eps-ball: uniform in the linf box, or a uniformly
+    random direction with a radius uniform in [0, eps] for l2."""
+    if norm == "linf":
+        return eps * (2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1)
+    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    radius = eps * torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype)
+    return direction / per_example_norm(direction).clamp_min(1e-12) * radius
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    norm: str = "l2",
+    clip: bool = True,
+    target: torch.Tensor | None = None,
+    loss: str = "ce",
+    restarts: int = 1,
+    random_init: bool = False,
+    generator: torch.Generator | None = None,
+    best_iterate: bool = False,
+) -> torch.Tensor:
+    """PGD in the l2 or linf ball: normalized-gradient (l2) or sign (linf) ascent on the attack
+    `loss` (targeted at `target` when given), each step projected on the eps-ball (and x + delta
+    onto [0, 1] when `clip`). The first start is delta = 0 unless `random_init`; each further
+    restart starts at a random point of the ball (`generator`). With `best_iterate` an example
+    keeps the first iterate, of any restart, that the model misclassifies (Pintor et al.'s
+    "silent success": the final iterate may have left the adversarial region); otherwise, and
+    for examples never misclassified, the final iterate of the last restart. Returns x + delta."""
+    result = x.detach().clone()
+    found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for start in range(restarts):
+        if random_init or start > 0:
+            delta = random_start(x, eps, norm, generator or torch.Generator(x.device).manual_seed(start))
+        else:
+            delta = torch.zeros_like(x)
+        for step in range(steps + 1):
+            x_adv = (x + delta).clamp(0.0, 1.0) if clip else x + delta
+            if step == steps:
+                logits = model(x_adv).detach() if best_iterate else None
+            else:
+                logits, grad = attack_step(model, x_adv, y, target, loss)
+            if best_iterate:
+                fresh = (logits.argmax(1) != y) & ~found
+                result[fresh] = x_adv[fresh].detach()
+                found |= fresh
+            if step == steps:
+                break
+            if norm == "linf":
+                delta = (delta + step_size * grad.sign()).clamp(-eps, eps)
+            else:
+                delta = project_l2(delta + step_size * grad / per_example_norm(grad).clamp_min(1e-12), eps)
+            if clip:
+                delta = (x + delta).clamp(0.0, 1.0) - x
+        last = ~found
+        result[last] = ((x + delta).clamp(0.0, 1.0) if clip else x + delta)[last].detach()
+    return result
+
+
+def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
+           clip: bool = True, target: torch.Tensor | None = None, **options: object) -> torch.Tensor:
+    """l2 PGD, from delta = 0 unless options say otherwise (kernel_reg's training attack)."""
+    return pgd(model, x, y, eps, steps, step_size, norm="l2", clip=clip, target=target, **options)
+
+
+def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
+             clip: bool = True, generator: torch.Generator | None = None, target: torch.Tensor | None = None,
+             **options: object) -> torch.Tensor:
+    """linf PGD: with a `generator` it starts uniformly in the box (kernel_reg's training attack),
+    without one from delta = 0 (deterministic evaluation)."""
+    return pgd(model, x, y, eps, steps, step_size, norm="linf", clip=clip, target=target,
+               random_init=generator is not None, generator=generator, **options)
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, clip: bool = True,

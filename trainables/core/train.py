@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 
 from trainables.core.data import DataBundle, DataConfig, load_data, train_batches
-from trainables.core.evaluation import CertifiedEval, EvalConfig, evaluate
+from trainables.core.evaluation import EvalConfig, metric_warnings, run_evaluation
 from trainables.core.methods import METHODS, Method, StepContext, build_method, check_hparams
 from trainables.core.models import ModelConfig, build_model
 from trainables.core.models.lipschitz import LIPSCHITZ_MODELS
@@ -97,11 +97,10 @@ class RunSettings:
 
     def check_model(self, name: str, key: str) -> None:
         """Refuse a model that the evaluation cannot measure (certified accuracy needs a bound)."""
-        items = self.eval.items + (self.final_eval.items if self.final_eval is not None else [])
-        if any(isinstance(item, CertifiedEval) for item in items):
+        if self.eval.needs_bound or (self.final_eval is not None and self.final_eval.needs_bound):
             allowed = ", ".join(sorted(LIPSCHITZ_MODELS))
             require(name in LIPSCHITZ_MODELS, key,
-                    f"certified accuracy needs a Lipschitz-bounded model; allowed: {allowed}")
+                    f"certified accuracy and certificate checks need a Lipschitz-bounded model; allowed: {allowed}")
 
     def with_overrides(self, hparams: dict[str, Any]) -> tuple[RunSettings, dict[str, Any]]:
         """These settings with a trial's `model.*` and `train.*` entries applied, and the
@@ -171,7 +170,9 @@ def make_optimizer(model: nn.Module, train: TrainConfig, method: Method) -> torc
     return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=wd)
 
 
-EpochCallback = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
+Tables = dict[str, dict[str, torch.Tensor]]
+EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]], Tables], None]
+EVAL_WARNINGS = "eval_warnings"  # the epoch's attack-failure warnings, one string, "; " between
 
 
 def fit(
@@ -183,10 +184,12 @@ def fit(
 ) -> nn.Module:
     """Train `method` under `settings` and return the model.
 
-    After each epoch, `on_epoch(metrics, snapshot)` is called; `snapshot()` returns the full
-    training state (model, optimizer, schedule, method state, RNG states, epoch), which
+    After each epoch, `on_epoch(metrics, snapshot, tables)` is called; `snapshot()` returns the
+    full training state (model, optimizer, schedule, method state, RNG states, epoch), which
     `resume_from` takes back so a resumed run continues exactly as if never stopped. The
-    snapshot is a copy: training on does not change it.
+    snapshot is a copy: training on does not change it. `tables` holds the final evaluation's
+    per-example tables (e.g. minimum-norm radii) after the last epoch, else nothing; the
+    metrics carry the evaluation's attack-failure warnings as `eval_warnings`.
     """
     train = settings.train
     device = resolve_device(train.device)
@@ -243,14 +246,23 @@ def fit(
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time_s": time.perf_counter() - started,
         }
+        tables: Tables = {}
         if (epoch + 1) % settings.eval.every == 0 or epoch + 1 == train.epochs:
             eval_started = time.perf_counter()
-            metrics.update(evaluate(model, data, settings.eval))
+            result = run_evaluation(model, data, settings.eval)
+            metrics.update(result.metrics)
+            warnings = result.warnings
             if epoch + 1 == train.epochs and settings.final_eval is not None:
-                metrics.update({f"final_{k}": v for k, v in evaluate(model, data, settings.final_eval).items()})
+                final = run_evaluation(model, data, settings.final_eval)
+                metrics.update({f"final_{k}": v for k, v in final.metrics.items()})
+                tables = final.tables
+                both = metric_warnings({**result.metrics, **final.metrics})  # e.g. PGD here against AutoAttack there
+                warnings = list(dict.fromkeys([*warnings, *final.warnings, *both]))
             metrics["eval_time_s"] = time.perf_counter() - eval_started
+            if warnings:
+                metrics[EVAL_WARNINGS] = "; ".join(warnings)
         if on_epoch is not None:
-            on_epoch(metrics, snapshot)
+            on_epoch(metrics, snapshot, tables)
     return model
 
 
@@ -278,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_data(config.data)
     final: dict[str, Any] = {}
 
-    def report(metrics: dict[str, float], snapshot: Callable[[], dict[str, Any]]) -> None:
+    def report(metrics: dict[str, Any], snapshot: Callable[[], dict[str, Any]], tables: Tables) -> None:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
               flush=True)
         final["snapshot"] = snapshot

@@ -1,0 +1,138 @@
+"""An evaluation: which items run on which examples, and `evaluate`, which runs them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from trainables.core.data import DataBundle, eval_batches
+from trainables.core.evaluation.attack import AttackEval
+from trainables.core.evaluation.base import EVALUATIONS, Batch, correct_predictions
+from trainables.core.evaluation.indicators import GRADIENT_SHARE, dead_gradients, metric_warnings
+from trainables.core.evaluation.item import Item
+from trainables.core.registry import ConfigError
+from trainables.core.schema import parse, require
+
+
+class EvalItem:
+    """An `eval.items` entry, dispatched on its `kind` to the registered evaluation."""
+
+    @classmethod
+    def from_mapping(cls, data: Any, path: str) -> Any:
+        if not isinstance(data, dict) or "kind" not in data:
+            raise ConfigError(f"{path}: expected a mapping with a `kind`; kinds: {EVALUATIONS.names()}")
+        return parse(EVALUATIONS.get(data["kind"], f"{path}.kind"), data, path)
+
+
+@dataclass
+class EvalConfig:
+    """What is measured after every `every` epochs, on the first `examples` of `split`."""
+
+    every: int = 1
+    split: Literal["val", "test"] = "test"
+    examples: int | None = 1000
+    batch_size: int = 500
+    items: list[EvalItem] = field(default_factory=lambda: [AttackEval()])
+    robust_metric: str | None = None
+
+    def check(self, path: str) -> None:
+        require(self.every >= 1, f"{path}.every", f"must be >= 1, got {self.every}")
+        require(self.examples is None or self.examples > 0, f"{path}.examples",
+                f"must be a positive count or null (all), got {self.examples}")
+        require(self.batch_size >= 1, f"{path}.batch_size", f"must be >= 1, got {self.batch_size}")
+        names = self.metric_names()
+        if self.robust_metric is not None:
+            require(self.robust_metric in names, f"{path}.robust_metric",
+                    f"{self.robust_metric!r} is not measured; measured: {', '.join(names)}")
+
+    def metric_names(self) -> list[str]:
+        names = ["clean_acc"]
+        for item in self.items:
+            names += item.metric_names()
+        return names
+
+    def robust_accuracies(self) -> list[str]:
+        return [n for n in self.metric_names()[1:] if n.endswith("_acc")]
+
+    @property
+    def primary_robust_metric(self) -> str | None:
+        """The metric reported as `robust_acc`: `robust_metric`, else the first robust accuracy
+        (None when nothing measures one, as a final evaluation may)."""
+        return self.robust_metric or next(iter(self.robust_accuracies()), None)
+
+    @property
+    def needs_bound(self) -> bool:
+        return any(item.needs_bound for item in self.items)
+
+
+@dataclass
+class EvalResult:
+    """An evaluation's metrics, its per-example tables (name -> column -> values, in example
+    order) and its attack-failure warnings."""
+
+    metrics: dict[str, float]
+    tables: dict[str, dict[str, torch.Tensor]]
+    warnings: list[str]
+
+
+def uses_gradients(item: Item) -> bool:
+    return item.kind in ("attack", "autoattack", "min_norm", "deepfool")
+
+
+@torch.no_grad()
+def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progress: bool = False) -> EvalResult:
+    """Every item of `config` on the fixed evaluation subset, in eval mode, with one generator
+    seeded afresh (the same noise and targets every time); `progress` shows a bar of batches."""
+    x_all, y_all = data.split(config.split)
+    if config.examples is not None:
+        x_all, y_all = x_all[: config.examples], y_all[: config.examples]
+    if len(y_all) == 0:
+        raise ConfigError(f"eval.split: the {config.split} split is empty (set data.val > 0 or use test)")
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=x_all.device).manual_seed(0)
+    maxima = set().union(*(item.maxima() for item in config.items))
+    raw_counts = set().union(*(item.counts() for item in config.items))
+    check_gradients = any(uses_gradients(item) for item in config.items)
+    totals: dict[str, torch.Tensor] = {}
+    batch = None
+    batches = tqdm(eval_batches(x_all, y_all, config.batch_size), total=math.ceil(len(y_all) / config.batch_size),
+                   desc="evaluate", unit="batch", disable=not progress)
+    for x, y in batches:
+        logits = model(x)
+        batch = Batch(model, x, y, logits, generator,
+                      batch.columns if batch else {}, batch.warnings if batch else [])
+        counts = {"clean_acc": correct_predictions(logits, y).sum()}
+        if check_gradients and logits.shape[1] > 1:
+            counts["dead_gradients"] = dead_gradients(model, x, y).sum()
+        for item in config.items:
+            counts.update(item.correct(batch))
+        for name, count in counts.items():
+            combine = torch.maximum if name in maxima else torch.add
+            totals[name] = combine(totals[name], count) if name in totals else count
+    model.train(was_training)
+    unnormalized = maxima | raw_counts
+    metrics = {name: float(total) / (1 if name in unnormalized else len(y_all)) for name, total in totals.items()}
+    tables = {name: {column: torch.cat(parts) for column, parts in columns.items()}
+              for name, columns in batch.columns.items()}
+    for item in config.items:
+        metrics.update(item.derived(metrics, tables))
+    if config.primary_robust_metric is not None:
+        metrics["robust_acc"] = metrics[config.primary_robust_metric]
+    warnings = list(batch.warnings)
+    dead = metrics.pop("dead_gradients", 0.0)
+    if dead > GRADIENT_SHARE:
+        warnings.append(f"zero or non-finite input gradients on {dead:.1%} of points: gradient attacks are blind "
+                        "there (masked or saturated gradients; a softmax output?)")
+    warnings += [w for w in metric_warnings(metrics) if w not in warnings]
+    return EvalResult(metrics, tables, warnings)
+
+
+def evaluate(model: nn.Module, data: DataBundle, config: EvalConfig) -> dict[str, float]:
+    """The metrics of `run_evaluation`, `robust_acc` included."""
+    return run_evaluation(model, data, config).metrics

@@ -1,0 +1,35 @@
+"""The base of an evaluation item: what `evaluate` asks of every registered kind."""
+
+from __future__ import annotations
+
+import torch
+
+from trainables.core.evaluation.base import Batch
+
+
+class Item:
+    """An `eval.items` entry. `correct` returns per-metric sums over one batch (counts of
+    examples still correct, by default divided by the number of examples at the end);
+    `derived` computes metrics from the totals and the per-example tables."""
+
+    needs_bound = False  # measures a certificate: the model must be Lipschitz-bounded
+
+    def check(self, path: str) -> None:
+        """Cross-field rules of the item's keys (types are checked by the schema)."""
+
+    def metric_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def correct(self, batch: Batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def derived(self, metrics: dict[str, float], tables: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
+        return {}
+
+    def maxima(self) -> set[str]:
+        """Metrics combined across batches by their maximum rather than a sum."""
+        return set()
+
+    def counts(self) -> set[str]:
+        """Metrics reported as raw counts rather than shares of the examples."""
+        return set()
