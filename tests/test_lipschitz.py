@@ -19,6 +19,7 @@ from trainables.core.evaluation import (
     LipschitzEstimateEval,
     evaluate,
 )
+from trainables.core.evaluation.base import Batch
 from trainables.core.layers import LAYERS
 from trainables.core.methods import build_method
 from trainables.core.models import ModelConfig, build_model
@@ -74,7 +75,7 @@ def test_pgd_inside_the_certified_radius_never_changes_a_certified_prediction(
     )
     data = load_data(settings.data)
     history: list[dict] = []
-    model = fit(settings, build_method("lipschitz", {}), data, on_epoch=lambda m, s: history.append(m))
+    model = fit(settings, build_method("lipschitz", {}), data, on_epoch=lambda m, s, t: history.append(m))
     model.eval()
     x, y = data.test_x[:100].float() / 255, data.test_y[:100]
     with torch.no_grad():
@@ -129,7 +130,8 @@ def test_the_empirical_lipschitz_estimate_approaches_a_linear_model_norm_from_be
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
     norm = float(torch.linalg.matrix_norm(linear[1].weight, ord=2))
     x = torch.rand(8, 3, 2, 2)
-    found = LipschitzEstimateEval(restarts=3, steps=50).correct(linear, x, x[:, 0, 0, 0], linear(x), torch.Generator())
+    batch = Batch(linear, x, x[:, 0, 0, 0], linear(x), torch.Generator())
+    found = LipschitzEstimateEval(restarts=3, steps=50).correct(batch)
     assert 0.98 * norm <= float(found["lipschitz_estimate"]) <= norm * (1 + 1e-5)
 
 
@@ -152,7 +154,7 @@ def test_the_toy_fits_the_square_wave_and_its_certificates_hold_on_a_dense_grid(
     )
     history: list[dict] = []
     data = load_data(settings.data)
-    model = fit(settings, build_method("lipschitz", {"loss": "mse"}), data, on_epoch=lambda m, s: history.append(m))
+    model = fit(settings, build_method("lipschitz", {"loss": "mse"}), data, on_epoch=lambda m, s, t: history.append(m))
     assert history[-1]["fit_mse"] < 0.1 < history[0]["fit_mse"]
     assert history[-1]["clean_acc"] > 0.85 and 0 < history[-1]["certified_eps0.05_acc"] <= history[-1]["clean_acc"]
     model.eval()

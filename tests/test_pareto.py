@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.pareto import front_table, hyperparameters, pareto_front, robust_label
+from analysis.pareto import front_table, hyperparameters, pareto_front, robust_label, with_axes
 
 
 def trials(rows: list[tuple]) -> pd.DataFrame:
@@ -22,11 +22,27 @@ def test_front_keeps_only_full_budget_non_dominated_trials() -> None:
         ("f", "FINISHED", "loss_gradl2", "full", 0.85, 0.30, None),
         ("g", "FINISHED", "clean", "full", 0.90, 0.10, None),             # tie with a: both kept
     ])
-    front = pareto_front(df)
+    front = pareto_front(with_axes(df))
     assert list(front["run_id"]) == ["b", "f", "a", "g"]
     table = front_table(front)
-    assert list(table.columns) == ["method", "hyperparameters", "clean_acc", "robust_acc", "run_id"]
+    assert list(table.columns) == ["method", "hyperparameters", "clean_acc", "search_robust", "warn", "run_id"]
     assert table.loc[0, "hyperparameters"] == "epsilon=1.5"
+
+
+def test_the_final_strong_evaluation_is_the_robust_axis_and_shows_beside_the_search_metric() -> None:
+    df = trials([
+        ("a", "FINISHED", "gradient_penalty", "full", 0.80, 0.33, None),  # PGD overstates it
+        ("b", "FINISHED", "pgd_l2", "full", 0.80, 0.30, "1.5"),
+    ])
+    df["metrics.final_clean_acc"] = [0.80, 0.80]
+    df["metrics.final_robust_acc"] = [0.24, 0.247]
+    df["eval_warning"] = ["pgd_l2 at eps 2: 0.330, over 2% above AutoAttack's 0.240", ""]
+    front = pareto_front(with_axes(df))
+    assert list(front["run_id"]) == ["b"]  # PGD alone would have put a on the front instead
+    table = front_table(pareto_front(with_axes(df.iloc[:1])))
+    assert list(table.columns) == ["method", "hyperparameters", "clean_acc", "search_robust", "final_robust",
+                                   "warn", "run_id"]
+    assert (table.loc[0, "search_robust"], table.loc[0, "final_robust"], table.loc[0, "warn"]) == (0.33, 0.24, "!")
 
 
 def test_hyperparameters_left_to_their_rule_are_not_shown() -> None:

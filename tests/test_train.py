@@ -28,7 +28,7 @@ def run(config: RunSettings, method: str = "clean", hparams: dict | None = None,
     history: list[dict] = []
     data = load_data(config.data)
     fit(config, build_method(method, hparams or {"weight_decay": 0.0}), data,
-        on_epoch=lambda metrics, snapshot: history.append({**metrics, "snapshot": snapshot()}), **kwargs)
+        on_epoch=lambda metrics, snapshot, tables: history.append({**metrics, "snapshot": snapshot()}), **kwargs)
     return history
 
 

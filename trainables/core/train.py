@@ -100,7 +100,8 @@ class RunSettings:
         if self.eval.needs_bound or (self.final_eval is not None and self.final_eval.needs_bound):
             allowed = ", ".join(sorted(LIPSCHITZ_MODELS))
             require(name in LIPSCHITZ_MODELS, key,
-                    f"certified accuracy and certificate checks need a Lipschitz-bounded model; allowed: {allowed}")
+                    f"certified accuracy needs a Lipschitz-bounded model (for certified and certificate_check items); "
+                    f"allowed: {allowed}")
 
     def with_overrides(self, hparams: dict[str, Any]) -> tuple[RunSettings, dict[str, Any]]:
         """These settings with a trial's `model.*` and `train.*` entries applied, and the
