@@ -48,7 +48,7 @@ class AutoAttackEval(Item):
         return f"{self.prefix}_eps{eps:.4g}_{attack}_broken"
 
     def metric_names(self) -> list[str]:
-        return [metric_name(self.prefix, eps) for eps in self.eps]
+        return [metric_name(self.prefix, eps) for eps in self.eps] + sorted(self.counts())
 
     def counts(self) -> set[str]:
         return {self.broken_name(eps, attack) for eps in self.eps for attack in VERSIONS[self.version]}

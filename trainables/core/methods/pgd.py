@@ -10,12 +10,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainables.core.attacks import pgd_l2, pgd_linf
+from trainables.core.attacks import LOSSES, pgd_l2, pgd_linf
 from trainables.core.methods import METHODS, Method, StepContext
 from trainables.core.params import Param
 
 CLIP = Param("bool", True, doc="keep x + delta in [0, 1] (the reference does not)")
 STEPS = Param("int", 5, minimum=1, doc="PGD steps")
+LOSS = Param("categorical", "ce", allowed=LOSSES,
+             doc="what the attack ascends: cross-entropy, or the margins dlr (Croce & Hein) and cw")
 
 
 @METHODS.register("pgd_l2")
@@ -25,13 +27,14 @@ class PgdL2(Method):
         "steps": STEPS,
         "step_size": Param("float", None, minimum=0.0, doc="None: 1.5 * epsilon / steps"),
         "clip": CLIP,
+        "loss": LOSS,
     }
     source = "kernel_reg (--pgd_l2)"
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         eps, steps = self.hp["epsilon"], self.hp["steps"]
         step = self.hp["step_size"] if self.hp["step_size"] is not None else 1.5 * eps / steps
-        x_adv = pgd_l2(model, x, y, eps=eps, steps=steps, step_size=step, clip=self.hp["clip"])
+        x_adv = pgd_l2(model, x, y, eps=eps, steps=steps, step_size=step, clip=self.hp["clip"], loss=self.hp["loss"])
         return F.cross_entropy(model(x_adv), y)
 
 
@@ -43,10 +46,12 @@ class PgdLinf(Method):
         "steps": STEPS,
         "step_size": Param("float", 0.01, minimum=0.0, doc="sign-step length"),
         "clip": CLIP,
+        "loss": LOSS,
     }
     source = "kernel_reg (--pgd_linf)"
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         x_adv = pgd_linf(model, x, y, eps=self.hp["epsilon"], steps=self.hp["steps"],
-                         step_size=self.hp["step_size"], clip=self.hp["clip"], generator=ctx.generator)
+                         step_size=self.hp["step_size"], clip=self.hp["clip"], generator=ctx.generator,
+                         loss=self.hp["loss"])
         return F.cross_entropy(model(x_adv), y)

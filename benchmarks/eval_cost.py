@@ -1,0 +1,102 @@
+"""What strong evaluation costs: on the quickstart's model (cw_cnn trained on 2,000 Fashion-MNIST
+images), seconds of PGD-20, AutoAttack fast and standard, and min_norm (FMN + DDN + FAB) on the
+first N test images, as ratios to one clean training epoch; and the project's AutoAttack against
+calling the library's attacks directly in the same cascade (the overhead of verification and
+bookkeeping; target <= 1.5x).
+
+    python benchmarks/eval_cost.py [--examples 1000] [--epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from trainables.core.data import DataConfig, load_data
+from trainables.core.evaluation import AttackEval, AutoAttackEval, EvalConfig, MinNormEval, run_evaluation
+from trainables.core.evaluation.autoattack import ATTACKS, VERSIONS
+from trainables.core.methods import build_method
+from trainables.core.schema import parse
+from trainables.core.train import RunSettings, fit
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+EPS = 1.0
+
+
+def quickstart_model(epochs: int) -> tuple[torch.nn.Module, object, float]:
+    """The quickstart's model trained with `clean`, and the seconds of one training epoch."""
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    settings = parse(RunSettings, {key: raw[key] for key in ("data", "model", "train")}
+                     | {"train": {**raw["train"], "epochs": epochs}}, "")
+    data = load_data(DataConfig(**{**raw["data"], "val": 0}))
+    times: list[float] = []
+    model = fit(settings, build_method("clean", {}), data, on_epoch=lambda m, s, t: times.append(m["epoch_time_s"]))
+    return model.eval(), data, min(times)
+
+
+def timed(function: object) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = function()
+    return time.perf_counter() - started, result
+
+
+def library_cascade(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, version: str) -> float:
+    """The same cascade with the library's attacks called directly, success read off the
+    model's prediction only (no verification of the ball, the box or finiteness)."""
+    with torch.no_grad():
+        alive = model(x).argmax(1) == y
+    for attack in VERSIONS[version]:
+        index = alive.nonzero()[:, 0]
+        if not len(index):
+            break
+        torch.manual_seed(0)
+        options = {"n_queries": 5000} if attack == "square" else {"n_iter": 100}
+        with torch.enable_grad():
+            adversarial = ATTACKS[attack](model, x[index], y[index], eps=EPS, norm="l2", **options)
+        with torch.no_grad():
+            alive[index[model(adversarial).argmax(1) != y[index]]] = False
+    return float(alive.float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=4)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    model, data, epoch_s = quickstart_model(args.epochs)
+    items = {
+        "PGD-20": AttackEval(attack="pgd_l2", eps=[EPS], steps=20),
+        "AutoAttack fast": AutoAttackEval(norm="l2", eps=[EPS], version="fast"),
+        "AutoAttack standard": AutoAttackEval(norm="l2", eps=[EPS], version="standard"),
+        "min_norm (fmn, ddn, fab)": MinNormEval(norm="l2", eps=[EPS]),
+    }
+    print(f"quickstart model, {args.examples} test images, l2 eps {EPS}; one clean training epoch {epoch_s:.2f} s\n")
+    print("| evaluation | seconds | x one training epoch | robust accuracy |")
+    print("|---|---|---|---|")
+    project = {}
+    for name, item in items.items():
+        config = EvalConfig(examples=args.examples, batch_size=500, items=[item])
+        seconds, result = timed(lambda config=config: run_evaluation(model, data, config))
+        project[name] = seconds
+        print(f"| {name} | {seconds:.1f} | {seconds / epoch_s:.1f} | {result.metrics['robust_acc']:.3f} |", flush=True)
+    x_all, y_all = data.split("test")
+    print("\n| cascade | project s | library direct s | project / direct |")
+    print("|---|---|---|---|")
+    for version in ("fast", "standard"):
+        seconds = 0.0
+        for start in range(0, args.examples, 500):
+            x = x_all[start:min(start + 500, args.examples)].float() / 255
+            y = y_all[start:min(start + 500, args.examples)]
+            batch_seconds, _ = timed(lambda x=x, y=y, version=version: library_cascade(model, x, y, version))
+            seconds += batch_seconds
+        ours = project[f"AutoAttack {version}"]
+        print(f"| AutoAttack {version} | {ours:.1f} | {seconds:.1f} | {ours / seconds:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
