@@ -67,7 +67,7 @@ def print_front(client: MlflowClient, parent_run_id: str) -> None:
     print(table.to_string(index=False) if not table.empty else "(no trial ran the full budget)")
     for _, trial in front[front["eval_warning"].astype(bool)].iterrows():
         print(f"! {trial['method']} ({trial['run_id'][:8]}): {trial['eval_warning']}")
-    violations = trials.get("metrics.final_certificate_violations", pd.Series(dtype=float)).fillna(0)
+    violations = trials.get("metrics.final_certificate_violations", pd.Series(0.0, index=trials.index)).fillna(0)
     for _, trial in trials[violations > 0].iterrows():
         print(f"error: certificate violated: {trial['method']} ({trial['run_id']}): "
               f"{int(violations[trial.name])} adversarial example(s) inside the certified radius")

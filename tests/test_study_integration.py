@@ -56,7 +56,7 @@ def test_tiny_study_end_to_end(tiny_fashion_root: Path, tmp_path: Path) -> None:
         assert child.info.status == "FINISHED" and child.data.params["method"] == method
         assert child.data.params["resources.cpu"] == "1.0"
         assert {k for k in child.data.params if not k.startswith(("method", "resources."))} == {
-            "clean": {"hp.weight_decay"}, "pgd_l2": {"hp.epsilon", "hp.steps", "hp.step_size", "hp.clip"},
+            "clean": {"hp.weight_decay"}, "pgd_l2": {"hp.epsilon", "hp.steps", "hp.step_size", "hp.clip", "hp.loss"},
             "loss_gradl2": {"hp.lambda"},
         }[method]
         for name in ("train_loss", "clean_acc", "robust_acc", "pgd_l2_eps0.5_acc", "pgd_l2_eps1_acc", "epoch_time_s"):
