@@ -71,3 +71,20 @@ def test_trials_end_with_autoattack_and_radii_and_the_front_uses_them(tiny_fashi
     for name in ("final_autoattack_l2_eps1_square_broken", "final_autoattack_l2_eps1_fab_t_broken",
                  "final_min_norm_l2_median"):
         assert name in logged
+
+
+@pytest.mark.parametrize(("final_eval", "message"), [
+    ({"items": [{"kind": "autoattack", "norm": "l1", "eps": [1.0]}]},
+     "error: final_eval.items[0].norm: 'l1' is not allowed"),
+    ({"items": [{"kind": "min_norm", "attacks": ["pgd"], "eps": [1.0]}]},
+     "error: final_eval.items[0].attacks[0]: unknown minimum-norm attack 'pgd'"),
+    ({"items": [{"kind": "certificate_check"}]},
+     "error: model.name: certified accuracy needs a Lipschitz-bounded model"),
+])
+def test_a_bad_strong_evaluation_exits_2_before_anything_starts(tiny_fashion_root: Path, tmp_path: Path,
+                                                                 final_eval: dict, message: str) -> None:
+    spec_path = write_spec(tmp_path, tiny_spec(tiny_fashion_root, name="bad", final_eval=final_eval))
+    done = subprocess.run([sys.executable, "-m", "study.launch", str(spec_path), "--storage", str(tmp_path / "runs")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
