@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from analysis.pareto import best_per_method, with_axes  # noqa: E402
-from analysis.records import add_study_arguments, open_study, trial_runs  # noqa: E402
+from analysis.pareto import best_per_method, study_trials  # noqa: E402
+from analysis.records import add_study_arguments, open_study  # noqa: E402
 
 
 def accuracy_curves(runs: pd.DataFrame, attack: str) -> pd.DataFrame:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    best = best_per_method(with_axes(trial_runs(client, parent)))
+    best = best_per_method(study_trials(client, parent))
     if args.min_norm:
         curves, label = min_norm_curves(client, best, args.min_norm), f"min_norm_{args.min_norm}"
     else:

@@ -133,9 +133,14 @@ def robust_label(metric: str) -> str:
     return f"{attack}, eps = {rest.removesuffix('_acc')}" if sep else metric
 
 
+def study_trials(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
+    """The trial runs of a study with the front's axes (what every front-reading command takes)."""
+    return with_axes(trial_runs(client, parent_run_id))
+
+
 def study_front(client: MlflowClient, parent_run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """(all trials, the front, the primary robust metric) of one study run."""
-    trials = with_axes(trial_runs(client, parent_run_id))
+    trials = study_trials(client, parent_run_id)
     tags = client.get_run(parent_run_id).data.tags
     robust_metric = tags.get(FINAL_ROBUST_METRIC_TAG) or tags.get(ROBUST_METRIC_TAG, "robust_acc")
     return trials, pareto_front(trials), robust_metric

@@ -27,8 +27,8 @@ import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from torch import nn  # noqa: E402
 
-from analysis.pareto import best_per_method, completed, pareto_front  # noqa: E402
-from analysis.records import find_study_run, trial_runs  # noqa: E402
+from analysis.pareto import best_per_method, completed, pareto_front, study_trials  # noqa: E402
+from analysis.records import find_study_run  # noqa: E402
 from study.evaluate import from_run  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
 from trainables.core.attacks import ATTACKS  # noqa: E402
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         attack.check("--attack")
         parents = [find_study_run(client, name) for name in args.experiment]
-        rows = pd.concat([select_runs(trial_runs(client, parent), args.select) for parent in parents])
+        rows = pd.concat([select_runs(study_trials(client, parent), args.select) for parent in parents])
         if len(rows) < 2:
             raise ConfigError(f"--select {args.select}: {len(rows)} finished run(s) selected; transfer needs two")
         device = resolve_device("auto")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from torch import nn
 
 from trainables.core.attacks import ATTACKS
 from trainables.core.evaluation.base import EVALUATIONS, Batch, check_eps, curve_area, metric_name, verified
@@ -59,13 +60,15 @@ class AttackEval(Item):
         names = [metric_name(self.prefix, eps) for eps in self.eps]
         return names + [f"{self.prefix}_auc"] if len(self.eps) > 1 else names
 
-    def run(self, batch: Batch, eps: float, target: torch.Tensor | None) -> torch.Tensor:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+            target: torch.Tensor | None) -> torch.Tensor:
+        """This item's attack on one batch at one eps (also what study.transfer crafts with)."""
         attack = ATTACKS.get(self.attack)
         if self.attack in ONE_STEP_ATTACKS:
-            return attack(batch.model, batch.x, batch.y, eps=eps, target=target)
+            return attack(model, x, y, eps=eps, target=target)
         steps = self.steps or DEFAULT_STEPS
         step = self.step_size if self.step_size is not None else 2.5 * eps / steps
-        return attack(batch.model, batch.x, batch.y, eps=eps, steps=steps, step_size=step, target=target,
+        return attack(model, x, y, eps=eps, steps=steps, step_size=step, target=target,
                       loss=self.loss, restarts=self.restarts, best_iterate=self.best_iterate)
 
     def correct(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -78,7 +81,7 @@ class AttackEval(Item):
         counts = {}
         for eps in self.eps:
             with torch.enable_grad():
-                x_adv = self.run(batch, eps, target)
+                x_adv = self.run(batch.model, batch.x, batch.y, eps, target)
             broken = verified(batch.model, batch.x, x_adv, batch.y, self.norm, eps)
             counts[metric_name(self.prefix, eps)] = (batch.clean_ok & ~broken).sum()
         return counts

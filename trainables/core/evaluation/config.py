@@ -100,13 +100,13 @@ def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progr
     raw_counts = set().union(*(item.counts() for item in config.items))
     check_gradients = any(uses_gradients(item) for item in config.items)
     totals: dict[str, torch.Tensor] = {}
-    batch = None
+    columns: dict[str, dict[str, list[torch.Tensor]]] = {}
+    warnings: list[str] = []
     batches = tqdm(eval_batches(x_all, y_all, config.batch_size), total=math.ceil(len(y_all) / config.batch_size),
                    desc="evaluate", unit="batch", disable=not progress)
     for x, y in batches:
         logits = model(x)
-        batch = Batch(model, x, y, logits, generator,
-                      batch.columns if batch else {}, batch.warnings if batch else [])
+        batch = Batch(model, x, y, logits, generator, columns, warnings)
         counts = {"clean_acc": correct_predictions(logits, y).sum()}
         if check_gradients and logits.shape[1] > 1:
             counts["dead_gradients"] = dead_gradients(model, x, y).sum()
@@ -118,13 +118,11 @@ def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progr
     model.train(was_training)
     unnormalized = maxima | raw_counts
     metrics = {name: float(total) / (1 if name in unnormalized else len(y_all)) for name, total in totals.items()}
-    tables = {name: {column: torch.cat(parts) for column, parts in columns.items()}
-              for name, columns in batch.columns.items()}
+    tables = {name: {column: torch.cat(parts) for column, parts in table.items()} for name, table in columns.items()}
     for item in config.items:
         metrics.update(item.derived(metrics, tables))
     if config.primary_robust_metric is not None:
         metrics["robust_acc"] = metrics[config.primary_robust_metric]
-    warnings = list(batch.warnings)
     dead = metrics.pop("dead_gradients", 0.0)
     if dead > GRADIENT_SHARE:
         warnings.append(f"zero or non-finite input gradients on {dead:.1%} of points: gradient attacks are blind "
