@@ -164,6 +164,11 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def same_examples(first: EvalConfig, second: EvalConfig) -> bool:
+    """Do two evaluations measure the same examples (so their metrics may be compared)?"""
+    return (first.split, first.examples) == (second.split, second.examples)
+
+
 def make_optimizer(model: nn.Module, train: TrainConfig, method: Method) -> torch.optim.Optimizer:
     wd = method.optimizer_weight_decay()
     if train.optimizer == "sgd":
@@ -257,8 +262,9 @@ def fit(
                 final = run_evaluation(model, data, settings.final_eval)
                 metrics.update({f"final_{k}": v for k, v in final.metrics.items()})
                 tables = final.tables
-                both = metric_warnings({**result.metrics, **final.metrics})  # e.g. PGD here against AutoAttack there
-                warnings = list(dict.fromkeys([*warnings, *final.warnings, *both]))
+                warnings = list(dict.fromkeys([*warnings, *final.warnings]))
+                if same_examples(settings.eval, settings.final_eval):  # e.g. PGD here against AutoAttack there
+                    warnings += [w for w in metric_warnings({**result.metrics, **final.metrics}) if w not in warnings]
             metrics["eval_time_s"] = time.perf_counter() - eval_started
             if warnings:
                 metrics[EVAL_WARNINGS] = "; ".join(warnings)
