@@ -117,6 +117,7 @@ class TrialTracker(tune.Callback):
         self.epochs = epochs
         self.trial_runs: dict[str, str] = {}
         self.logged_epochs: dict[str, int] = {}
+        self.warned: set[str] = set()  # runs whose latest evaluation raised attack-failure warnings
         self._client: MlflowClient | None = None
 
     @property
@@ -126,7 +127,7 @@ class TrialTracker(tune.Callback):
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "trial_runs": {}, "logged_epochs": {}}
+        return {**self.__dict__, "_client": None, "trial_runs": {}, "logged_epochs": {}, "warned": set()}
 
     def run_for(self, trial: Trial) -> str:
         """The trial's run: known, found by its tag (after a driver restart), or created."""
@@ -165,8 +166,12 @@ class TrialTracker(tune.Callback):
         now = int(time.time() * 1000)
         metrics = [Metric(name, float(result[name]), now, epoch) for name in self.metric_names if name in result]
         tags = [RunTag(NODE_TAG, result["node_id"])]
-        if result.get(EVAL_WARNINGS):
+        if result.get(EVAL_WARNINGS):  # the tag holds the latest evaluation's warnings
             tags.append(RunTag(EVAL_WARNING_TAG, result[EVAL_WARNINGS][:MAX_PARAM_LENGTH]))
+            self.warned.add(run_id)
+        elif "eval_time_s" in result and run_id in self.warned:
+            self.client.delete_tag(run_id, EVAL_WARNING_TAG)
+            self.warned.discard(run_id)
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.logged_epochs[run_id] = epoch
 
