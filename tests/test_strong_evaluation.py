@@ -222,3 +222,14 @@ def test_a_certificate_check_needs_a_bounded_model(tiny_fashion_root: Path) -> N
             "train": {"epochs": 1},
             "final_eval": {"items": [{"kind": "certificate_check"}]},
         }, "")
+
+
+def test_the_strong_attacks_refuse_a_one_output_regression() -> None:
+    with pytest.raises(ConfigError, match=r"final_eval.items\[0\].kind: autoattack attacks a classifier"):
+        parse(RunSettings, {
+            "data": {"dataset": "square_wave"},
+            "model": {"name": "toy"},
+            "train": {"epochs": 1},
+            "eval": {"items": [{"kind": "certified"}]},
+            "final_eval": {"items": [{"kind": "autoattack", "eps": [0.1]}]},
+        }, "")

@@ -94,6 +94,9 @@ class RunSettings:
         require(self.eval.primary_robust_metric is not None, "eval.items",
                 "needs an item that measures robust accuracy (an attack, noise or certified item)")
         self.check_model(self.model.name, "model.name")
+        self.eval.check_classifier(self.data.dataset, "eval")
+        if self.final_eval is not None:
+            self.final_eval.check_classifier(self.data.dataset, "final_eval")
 
     def check_model(self, name: str, key: str) -> None:
         """Refuse a model that the evaluation cannot measure (certified accuracy needs a bound)."""

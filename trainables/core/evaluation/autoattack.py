@@ -33,6 +33,7 @@ class AutoAttackEval(Item):
     n_iter: int = 100
     square_queries: int = 5000
     seed: int = 0
+    needs_classes = True
 
     def check(self, path: str) -> None:
         check_eps(self.eps, path)

@@ -36,6 +36,7 @@ class CertificateCheckEval(Item):
     attacks: list[str] = field(default_factory=lambda: ["fmn", "ddn", "fab"])
     n_iter: int = 100
     seed: int = 0
+    needs_classes = True
     needs_bound = True
 
     def check(self, path: str) -> None:

@@ -69,6 +69,13 @@ class EvalConfig:
     def needs_bound(self) -> bool:
         return any(item.needs_bound for item in self.items)
 
+    def check_classifier(self, dataset: str, path: str) -> None:
+        """The strong attacks move class decisions: refuse them on a one-output regression."""
+        for i, item in enumerate(self.items):
+            require(not (item.needs_classes and dataset == "square_wave"), f"{path}.items[{i}].kind",
+                    f"{item.kind} attacks a classifier; square_wave is a one-output regression "
+                    "(allowed there: fit, certified, lipschitz_estimate, attack, noise)")
+
 
 @dataclass
 class EvalResult:

@@ -13,6 +13,7 @@ class Item:
     `derived` computes metrics from the totals and the per-example tables."""
 
     needs_bound = False  # measures a certificate: the model must be Lipschitz-bounded
+    needs_classes = False  # attacks class decisions of images in [0, 1] (not a one-output regression)
 
     def check(self, path: str) -> None:
         """Cross-field rules of the item's keys (types are checked by the schema)."""

@@ -46,6 +46,7 @@ class MinNormEval(Item):
     eps: list[float] = field(default_factory=lambda: [0.5])
     steps: int = 100
     seed: int = 0
+    needs_classes = True
 
     def check(self, path: str) -> None:
         check_eps(self.eps, path)
