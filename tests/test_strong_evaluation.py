@@ -198,6 +198,8 @@ def test_pgd_best_iterate_and_restarts_never_break_fewer_points(cnn: tuple) -> N
     best = broken(best_iterate=True)
     assert (best | final_only).sum() == best.sum()  # whatever the final iterate breaks, best-iterate breaks
     assert broken(best_iterate=True, restarts=3, loss="dlr").sum() >= best.sum() - 2
+    restarted = broken(restarts=3)  # the first restart is the single run: what it breaks stays broken
+    assert not (final_only & ~restarted).any() and restarted.sum() >= final_only.sum()
 
 
 @pytest.mark.parametrize(("item", "message"), [

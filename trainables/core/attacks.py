@@ -88,8 +88,9 @@ def pgd(
     onto [0, 1] when `clip`). The first start is delta = 0 unless `random_init`; each further
     restart starts at a random point of the ball (`generator`). With `best_iterate` an example
     keeps the first iterate, of any restart, that the model misclassifies (Pintor et al.'s
-    "silent success": the final iterate may have left the adversarial region); otherwise, and
-    for examples never misclassified, the final iterate of the last restart. Returns x + delta."""
+    "silent success": the final iterate may have left the adversarial region); without it, the
+    first restart whose final iterate is misclassified; for examples never misclassified, the
+    final iterate of the last restart. Returns x + delta."""
     result = x.detach().clone()
     found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for start in range(restarts):
@@ -99,11 +100,12 @@ def pgd(
             delta = torch.zeros_like(x)
         for step in range(steps + 1):
             x_adv = (x + delta).clamp(0.0, 1.0) if clip else x + delta
+            check = best_iterate or (restarts > 1 and step == steps)  # restarts count the final iterates
             if step == steps:
-                logits = model(x_adv).detach() if best_iterate else None
+                logits = model(x_adv).detach() if check else None
             else:
                 logits, grad = attack_step(model, x_adv, y, target, loss)
-            if best_iterate:
+            if check:
                 fresh = (logits.argmax(1) != y) & ~found
                 result[fresh] = x_adv[fresh].detach()
                 found |= fresh
