@@ -33,14 +33,18 @@ SEARCH_ROBUST = "metrics.robust_acc"
 FINAL_ROBUST = "metrics.final_robust_acc"
 
 
+def column(frame: pd.DataFrame, name: str, default: object = float("nan")) -> pd.Series:
+    """`frame[name]`, or `default` in every row where no run logged that metric or tag."""
+    return frame[name] if name in frame else pd.Series(default, index=frame.index)
+
+
 def with_axes(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials with the front's axes: the final evaluation's clean and robust accuracy where a
     trial has them, else the per-epoch ones."""
     trials = trials.copy()
-    final = trials.get(FINAL_ROBUST, pd.Series(float("nan"), index=trials.index))
+    final = column(trials, FINAL_ROBUST)
     has_final = final.notna()
-    final_clean = trials.get("metrics.final_clean_acc", pd.Series(float("nan"), index=trials.index))
-    trials[CLEAN] = final_clean.where(has_final, trials["metrics.clean_acc"])
+    trials[CLEAN] = column(trials, "metrics.final_clean_acc").where(has_final, trials["metrics.clean_acc"])
     trials[ROBUST] = final.where(has_final, trials[SEARCH_ROBUST])
     return trials
 
@@ -97,8 +101,8 @@ def front_table(front: pd.DataFrame) -> pd.DataFrame:
         "hyperparameters": [hyperparameters(row) for _, row in front.iterrows()],
         "clean_acc": front[CLEAN],
         "search_robust": front[SEARCH_ROBUST],
-        "final_robust": front.get(FINAL_ROBUST, pd.Series(float("nan"), index=front.index)),
-        "warn": ["!" if warning else "" for warning in front.get("eval_warning", pd.Series("", index=front.index))],
+        "final_robust": column(front, FINAL_ROBUST),
+        "warn": ["!" if warning else "" for warning in column(front, "eval_warning", "")],
         "run_id": front["run_id"],
     }).reset_index(drop=True)
     return table.drop(columns="final_robust") if table["final_robust"].isna().all() else table

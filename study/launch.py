@@ -15,13 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.experiment import Trial
 
-from analysis.pareto import front_table, robust_label, study_front
+from analysis.pareto import column, front_table, robust_label, study_front
 from study.space import describe_space
 from study.spec import StudySpec, load_spec
 from study.storage import SPEC_FILE, Storage, StudyRecord, check_cluster
@@ -67,7 +66,7 @@ def print_front(client: MlflowClient, parent_run_id: str) -> None:
     print(table.to_string(index=False) if not table.empty else "(no trial ran the full budget)")
     for _, trial in front[front["eval_warning"].astype(bool)].iterrows():
         print(f"! {trial['method']} ({trial['run_id'][:8]}): {trial['eval_warning']}")
-    violations = trials.get("metrics.final_certificate_violations", pd.Series(0.0, index=trials.index)).fillna(0)
+    violations = column(trials, "metrics.final_certificate_violations", 0.0).fillna(0)
     for _, trial in trials[violations > 0].iterrows():
         print(f"error: certificate violated: {trial['method']} ({trial['run_id']}): "
               f"{int(violations[trial.name])} adversarial example(s) inside the certified radius")

@@ -37,6 +37,7 @@ class AttackEval(Item):
     restarts: int = 1
     loss: Literal["ce", "dlr", "cw"] = "ce"
     best_iterate: bool = True
+    uses_gradients = True
 
     def check(self, path: str) -> None:
         ATTACKS.get(self.attack, f"{path}.attack")

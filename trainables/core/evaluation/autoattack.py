@@ -9,11 +9,12 @@ import torch
 
 from trainables.core.evaluation.base import EVALUATIONS, Batch, check_eps, metric_name, seeded, verified
 from trainables.core.evaluation.item import Item
-from trainables.core.evaluation.library import apgd_ce, apgd_t, fab_t, square_attack
+from trainables.core.evaluation.library import apgd_ce, apgd_t, fab_t
 from trainables.core.schema import require
+from trainables.core.square import square
 
 VERSIONS = {"standard": ("apgd_ce", "apgd_t", "fab_t", "square"), "fast": ("apgd_ce", "apgd_t")}
-ATTACKS = {"apgd_ce": apgd_ce, "apgd_t": apgd_t, "fab_t": fab_t, "square": square_attack}
+ATTACKS = {"apgd_ce": apgd_ce, "apgd_t": apgd_t, "fab_t": fab_t, "square": square}
 
 
 @EVALUATIONS.register("autoattack")
@@ -34,6 +35,7 @@ class AutoAttackEval(Item):
     square_queries: int = 5000
     seed: int = 0
     needs_classes = True
+    uses_gradients = True
 
     def check(self, path: str) -> None:
         check_eps(self.eps, path)
@@ -57,8 +59,7 @@ class AutoAttackEval(Item):
     def run(self, attack: str, batch: Batch, index: torch.Tensor, eps: float) -> torch.Tensor:
         x, y = batch.x[index], batch.y[index]
         if attack == "square":
-            return square_attack(batch.model, x, y, eps=eps, norm=self.norm, n_queries=self.square_queries,
-                                 seed=self.seed)
+            return square(batch.model, x, y, eps=eps, norm=self.norm, n_queries=self.square_queries, seed=self.seed)
         with seeded(self.seed, x.device), torch.enable_grad():
             return ATTACKS[attack](batch.model, x, y, eps=eps, norm=self.norm, n_iter=self.n_iter)
 

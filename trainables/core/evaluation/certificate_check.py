@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from trainables.core.evaluation.base import EVALUATIONS, Batch, check_eps, distances, metric_name, seeded, verified
+from trainables.core.evaluation.base import EVALUATIONS, Batch, distances, metric_name, seeded, verified
 from trainables.core.evaluation.certified import LBDN_EPS, certified_radii
 from trainables.core.evaluation.item import Item
 from trainables.core.evaluation.library import apgd_ce, apgd_t
@@ -40,8 +40,7 @@ class CertificateCheckEval(Item):
     needs_bound = True
 
     def check(self, path: str) -> None:
-        check_eps(self.eps, path)
-        MinNormEval(norm="l2", attacks=self.attacks, eps=self.eps).check(path)
+        MinNormEval(norm="l2", attacks=self.attacks, eps=self.eps).check(path)  # eps and the attacks
 
     def metric_names(self) -> list[str]:
         return ([metric_name("certificate_check", eps) for eps in self.eps]

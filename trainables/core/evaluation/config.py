@@ -14,7 +14,6 @@ from trainables.core.data import DataBundle, eval_batches
 from trainables.core.evaluation.attack import AttackEval
 from trainables.core.evaluation.base import EVALUATIONS, Batch, correct_predictions
 from trainables.core.evaluation.indicators import GRADIENT_SHARE, dead_gradients, metric_warnings
-from trainables.core.evaluation.item import Item
 from trainables.core.registry import ConfigError
 from trainables.core.schema import parse, require
 
@@ -87,10 +86,6 @@ class EvalResult:
     warnings: list[str]
 
 
-def uses_gradients(item: Item) -> bool:
-    return item.kind in ("attack", "autoattack", "min_norm", "deepfool")
-
-
 @torch.no_grad()
 def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progress: bool = False) -> EvalResult:
     """Every item of `config` on the fixed evaluation subset, in eval mode, with one generator
@@ -105,7 +100,7 @@ def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progr
     generator = torch.Generator(device=x_all.device).manual_seed(0)
     maxima = set().union(*(item.maxima() for item in config.items))
     raw_counts = set().union(*(item.counts() for item in config.items))
-    check_gradients = any(uses_gradients(item) for item in config.items)
+    check_gradients = any(item.uses_gradients for item in config.items)
     totals: dict[str, torch.Tensor] = {}
     columns: dict[str, dict[str, list[torch.Tensor]]] = {}
     warnings: list[str] = []

@@ -22,6 +22,7 @@ class DeepFoolEval(Item):
     kind: Literal["deepfool"] = "deepfool"
     overshoot: float = 0.02
     max_iter: int = 50
+    uses_gradients = True
 
     def check(self, path: str) -> None:
         require(self.overshoot >= 0, f"{path}.overshoot", f"must be >= 0, got {self.overshoot}")

@@ -14,6 +14,7 @@ class Item:
 
     needs_bound = False  # measures a certificate: the model must be Lipschitz-bounded
     needs_classes = False  # attacks class decisions of images in [0, 1] (not a one-output regression)
+    uses_gradients = False  # a gradient attack: the evaluation then checks for dead input gradients
 
     def check(self, path: str) -> None:
         """Cross-field rules of the item's keys (types are checked by the schema)."""

@@ -1,6 +1,6 @@
 """The strong attacks, from a kept library: adv-lib's APGD, APGD-T, FAB (untargeted and FAB-T),
-FMN and DDN, and the project's Square (adv-lib has none), each as
-`attack(model, inputs, labels, eps=, norm=, **kw) -> adversarial inputs` on [0, 1] inputs.
+FMN and DDN, each as `attack(model, inputs, labels, eps=, norm=, **kw) -> adversarial inputs`
+on [0, 1] inputs (Square, which adv-lib lacks, is the project's `trainables.core.square`).
 
 adv-lib is imported on first use: importing it takes seconds (it loads visdom), which a spec
 check or a search trial that never runs a strong attack should not pay.
@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from trainables.core.evaluation.base import NORMS
-from trainables.core.square import square
 
 StrongAttack = Callable[..., torch.Tensor]
 TARGETS = 9  # AutoAttack's targeted attacks try the 9 most likely other classes
@@ -26,34 +25,30 @@ def adv_lib() -> object:
     return adv_lib.attacks
 
 
+def other_classes(model: nn.Module, inputs: torch.Tensor) -> int:
+    """How many classes a targeted attack tries: AutoAttack's 9, or all others when fewer."""
+    return min(TARGETS, model(inputs[:1]).shape[1] - 1)
+
+
 def apgd_ce(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
-            n_iter: int = 100, restarts: int = 1) -> torch.Tensor:
-    """APGD on the cross-entropy (AutoAttack's first attack)."""
-    return adv_lib().apgd(model, inputs, labels, eps=eps, norm=NORMS[norm], n_iter=n_iter, n_restarts=restarts,
-                          loss_function="ce")
+            n_iter: int = 100) -> torch.Tensor:
+    """APGD on the cross-entropy, one restart (AutoAttack's first attack)."""
+    return adv_lib().apgd(model, inputs, labels, eps=eps, norm=NORMS[norm], n_iter=n_iter, loss_function="ce")
 
 
 def apgd_t(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
-           n_iter: int = 100, restarts: int = 1) -> torch.Tensor:
+           n_iter: int = 100) -> torch.Tensor:
     """APGD on the targeted DLR loss, towards each of the most likely other classes in turn."""
-    classes = model(inputs[:1]).shape[1]
     return adv_lib().apgd_targeted(model, inputs, labels, eps=eps, norm=NORMS[norm], n_iter=n_iter,
-                                   n_restarts=restarts, loss_function="dlr", num_targets=min(TARGETS, classes - 1))
+                                   loss_function="dlr", num_targets=other_classes(model, inputs))
 
 
 def fab_t(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
-          n_iter: int = 100, restarts: int = 1) -> torch.Tensor:
-    """FAB-T: FAB towards each of the most likely other classes (a minimum-norm attack; the
-    cascade keeps what lands within eps)."""
-    classes = model(inputs[:1]).shape[1]
+          n_iter: int = 100) -> torch.Tensor:
+    """FAB-T: FAB towards each of the most likely other classes (a minimum-norm attack, so `eps`
+    is not its input: the cascade keeps what lands within it)."""
     return adv_lib().fab(model, inputs, labels, norm=NORMS[norm], n_iter=n_iter,
-                         restarts=min(TARGETS, classes - 1), targeted_restarts=True)
-
-
-def square_attack(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, eps: float, norm: str,
-                  n_queries: int = 5000, seed: int = 0) -> torch.Tensor:
-    """Square, 5,000 queries by default (black box)."""
-    return square(model, inputs, labels, eps=eps, norm=norm, n_queries=n_queries, seed=seed)
+                         restarts=other_classes(model, inputs), targeted_restarts=True)
 
 
 def fmn(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, norm: str, steps: int = 100) -> torch.Tensor:

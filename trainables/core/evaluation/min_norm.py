@@ -47,6 +47,7 @@ class MinNormEval(Item):
     steps: int = 100
     seed: int = 0
     needs_classes = True
+    uses_gradients = True
 
     def check(self, path: str) -> None:
         check_eps(self.eps, path)
