@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,14 @@ def trial_threads() -> int:
 def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle) -> None:
     """Train the method that `config` names (`{"method": label, label: {hyperparameters}}`, with
     `registered_method` when the label is a variant of a registered method); `model.*` and
-    `train.*` hyperparameters override the study's model options and train settings."""
+    `train.*` hyperparameters override the study's model options and train settings, and
+    `seed` (a confirmation run's) the study's train.seed."""
     torch.set_num_threads(trial_threads())
     node_id = ray.get_runtime_context().get_node_id()
     label = config["method"]
     settings, hparams = settings.with_overrides(config.get(label, {}))
+    if "seed" in config:
+        settings = replace(settings, train=replace(settings.train, seed=config["seed"]))
     method = build_method(config.get("registered_method", label), hparams)
     resume_from = None
     checkpoint = tune.get_checkpoint()

@@ -258,11 +258,11 @@ def fit(
         tables: Tables = {}
         if (epoch + 1) % settings.eval.every == 0 or epoch + 1 == train.epochs:
             eval_started = time.perf_counter()
-            result = run_evaluation(model, data, settings.eval)
+            result = run_evaluation(model, data, settings.eval, seed=train.seed)
             metrics.update(result.metrics)
             warnings = result.warnings
             if epoch + 1 == train.epochs and settings.final_eval is not None:
-                final = run_evaluation(model, data, settings.final_eval)
+                final = run_evaluation(model, data, settings.final_eval, seed=train.seed)
                 metrics.update({f"final_{k}": v for k, v in final.metrics.items()})
                 tables = final.tables
                 warnings = list(dict.fromkeys([*warnings, *final.warnings]))

@@ -59,8 +59,9 @@ class AutoAttackEval(Item):
     def run(self, attack: str, batch: Batch, index: torch.Tensor, eps: float) -> torch.Tensor:
         x, y = batch.x[index], batch.y[index]
         if attack == "square":
-            return square(batch.model, x, y, eps=eps, norm=self.norm, n_queries=self.square_queries, seed=self.seed)
-        with seeded(self.seed, x.device), torch.enable_grad():
+            return square(batch.model, x, y, eps=eps, norm=self.norm, n_queries=self.square_queries,
+                          seed=batch.attack_seed(self.seed))
+        with seeded(batch.attack_seed(self.seed), x.device), torch.enable_grad():
             return ATTACKS[attack](batch.model, x, y, eps=eps, norm=self.norm, n_iter=self.n_iter)
 
     def correct(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -23,8 +23,9 @@ FLOAT_SLACK = 2.0 ** -23
 @dataclass
 class Batch:
     """One evaluation batch: the model (in eval mode), inputs, labels, the clean logits (computed
-    once for every item), the evaluation's seeded generator, and where items put per-example
-    columns (`record`) and attack-failure warnings (`warn`)."""
+    once for every item), the evaluation's seeded generator, where items put per-example
+    columns (`record`) and attack-failure warnings (`warn`), and the run's seed (`seed`), which
+    every random draw of the evaluation follows."""
 
     model: nn.Module
     x: torch.Tensor
@@ -33,6 +34,11 @@ class Batch:
     generator: torch.Generator
     columns: dict[str, dict[str, list[torch.Tensor]]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def attack_seed(self, item_seed: int) -> int:
+        """An item's own seed shifted by the run's: other runs' seeds draw other starts."""
+        return (item_seed + self.seed) % 2 ** 32
 
     @property
     def clean_ok(self) -> torch.Tensor:

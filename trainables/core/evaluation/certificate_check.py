@@ -62,7 +62,7 @@ class CertificateCheckEval(Item):
                 if not len(at_radius):
                     break
                 x, y, r = batch.x[at_radius], batch.y[at_radius], certified[at_radius].float()
-                with seeded(self.seed, x.device), torch.enable_grad():
+                with seeded(batch.attack_seed(self.seed), x.device), torch.enable_grad():
                     x_adv = attack(batch.model, x, y, eps=r, norm="l2", n_iter=self.n_iter)
                 hit = verified(batch.model, x, x_adv, y, "l2", r)
                 smallest[at_radius] = torch.minimum(smallest[at_radius],

@@ -87,9 +87,11 @@ class EvalResult:
 
 
 @torch.no_grad()
-def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progress: bool = False) -> EvalResult:
+def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progress: bool = False,
+                   seed: int = 0) -> EvalResult:
     """Every item of `config` on the fixed evaluation subset, in eval mode, with one generator
-    seeded afresh (the same noise and targets every time); `progress` shows a bar of batches."""
+    seeded afresh from the run's `seed` (the same noise, starts and targets every time for one
+    seed; other draws for another, on the same examples); `progress` shows a bar of batches."""
     x_all, y_all = data.split(config.split)
     if config.examples is not None:
         x_all, y_all = x_all[: config.examples], y_all[: config.examples]
@@ -97,7 +99,7 @@ def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progr
         raise ConfigError(f"eval.split: the {config.split} split is empty (set data.val > 0 or use test)")
     was_training = model.training
     model.eval()
-    generator = torch.Generator(device=x_all.device).manual_seed(0)
+    generator = torch.Generator(device=x_all.device).manual_seed(seed)
     maxima = set().union(*(item.maxima() for item in config.items))
     raw_counts = set().union(*(item.counts() for item in config.items))
     check_gradients = any(item.uses_gradients for item in config.items)
@@ -108,7 +110,7 @@ def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progr
                    desc="evaluate", unit="batch", disable=not progress)
     for x, y in batches:
         logits = model(x)
-        batch = Batch(model, x, y, logits, generator, columns, warnings)
+        batch = Batch(model, x, y, logits, generator, columns, warnings, seed)
         counts = {"clean_acc": correct_predictions(logits, y).sum()}
         if check_gradients and logits.shape[1] > 1:
             counts["dead_gradients"] = dead_gradients(model, x, y).sum()

@@ -18,11 +18,12 @@ from trainables.core.schema import require
 def smallest_adversarial(batch: Batch, attacks: list[str], norm: str, steps: int, seed: int,
                          index: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per attack, the verified adversarial distance of each example of `index` (inf where the
-    attack found none), and `radius`, the smallest of them."""
+    attack found none), and `radius`, the smallest of them. `seed` is the item's (the run's
+    seed shifts it)."""
     x, y = batch.x[index], batch.y[index]
     found = {}
     for attack in attacks:
-        with seeded(seed, x.device), torch.enable_grad():
+        with seeded(batch.attack_seed(seed), x.device), torch.enable_grad():
             x_adv = MIN_NORM_ATTACKS[attack](batch.model, x, y, norm=norm, steps=steps)
         ok = verified(batch.model, x, x_adv, y, norm)
         found[attack] = torch.where(ok, distances(x, x_adv, norm), math.inf)
