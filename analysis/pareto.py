@@ -1,15 +1,24 @@
-"""The Pareto front of clean vs robust accuracy of a study, read from MLflow only.
+"""The Pareto fronts of clean vs robust accuracy of a study, read from MLflow only.
 
-`python -m analysis.pareto --tracking-uri URI --experiment NAME` writes front.csv and front.png
-(every trial coloured by method, the front as a step line) and logs the PNG to the study run.
+The search front: the search trials that ran the full budget and that no other beats on both
+axes. The confirmed front (after a confirm stage): per configuration, the mean and a 95%
+Student-t interval over its seeds; on the front when no other configuration's means dominate.
 The robust axis is a trial's final strong evaluation (`final_robust_acc`, e.g. AutoAttack) where
 it has one, else the search's cheap metric (`robust_acc`, e.g. PGD); the clean axis follows it.
+
+`python -m analysis.pareto --tracking-uri URI --experiment NAME` writes front.csv and front.png
+(every trial coloured by method, the front as a step line; with a confirm stage, the confirmed
+configurations with error bars over the faint search), confirmed_front.csv / .png and
+hypervolume.png, and logs them to the study run under `analysis/`.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,11 +26,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from scipy import stats  # noqa: E402
 
+from analysis.hypervolume import hypervolume, hypervolume_progress, plot_hypervolume  # noqa: E402
 from analysis.records import (  # noqa: E402
+    CONFIRM,
+    CONFIRM_ROBUST_METRIC_TAG,
     FINAL_ROBUST_METRIC_TAG,
     ROBUST_METRIC_TAG,
+    SEARCH,
     add_study_arguments,
     open_study,
     trial_runs,
@@ -31,6 +46,7 @@ CLEAN = "front.clean"
 ROBUST = "front.robust"
 SEARCH_ROBUST = "metrics.robust_acc"
 FINAL_ROBUST = "metrics.final_robust_acc"
+CONFIDENCE = 0.95  # of the confirmed front's intervals
 
 
 def column(frame: pd.DataFrame, name: str, default: object = float("nan")) -> pd.Series:
@@ -61,20 +77,94 @@ def best_per_method(trials: pd.DataFrame) -> pd.DataFrame:
     return completed(trials).sort_values([ROBUST, CLEAN], ascending=False).groupby("method", sort=False).head(1)
 
 
+def non_dominated(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The rows that no other row beats on both x and y (maximized), sorted by x."""
+    keep = []
+    for i, row in points.iterrows():
+        others = points.drop(index=i)
+        at_least = (others[x] >= row[x]) & (others[y] >= row[y])
+        if not (at_least & ((others[x] > row[x]) | (others[y] > row[y]))).any():
+            keep.append(i)
+    return points.loc[keep].sort_values(x)
+
+
 def pareto_front(trials: pd.DataFrame, x: str = CLEAN, y: str = ROBUST) -> pd.DataFrame:
     """The trials that ran the full budget and that no other such trial beats on both x and y
     (maximized), sorted by x. ASHA-stopped, failed and unfinished trials are never on it."""
     if trials.empty:
         return trials
-    done = completed(trials, x, y)
-    keep = []
-    for i, row in done.iterrows():
-        others = done.drop(index=i)
-        at_least = (others[x] >= row[x]) & (others[y] >= row[y])
-        dominated = (at_least & ((others[x] > row[x]) | (others[y] > row[y]))).any()
-        if not dominated:
-            keep.append(i)
-    return done.loc[keep].sort_values(x)
+    return non_dominated(completed(trials, x, y), x, y)
+
+
+def mean_interval(values: pd.Series | list[float]) -> tuple[float, float]:
+    """(mean, half-width) of the two-sided 95% Student-t interval for the mean over seeds:
+    t(0.975, n - 1) * s / sqrt(n), s the sample standard deviation; half-width nan for one seed."""
+    values = pd.Series(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return float(values.mean()), math.nan
+    return float(values.mean()), float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
+
+
+def confirmed_configs(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per confirmed configuration (its full-budget confirm runs grouped by config_id): method,
+    hyperparameters, number of seeds, clean and robust mean and interval half-width, and the
+    search run it came from."""
+    search = trials[trials["stage"] == SEARCH]
+    confirm = completed(trials[trials["stage"] == CONFIRM])
+    rows = []
+    for config, runs in confirm.groupby("config_id", sort=False):
+        clean, clean_half = mean_interval(runs[CLEAN])
+        robust, robust_half = mean_interval(runs[ROBUST])
+        origin = search.loc[search["config_id"] == config, "run_id"]
+        rows.append({"config_id": config, "method": runs["method"].iloc[0],
+                     "hyperparameters": hyperparameters(runs.iloc[0]), "seeds": len(runs),
+                     "clean": clean, "clean_half": clean_half, "robust": robust, "robust_half": robust_half,
+                     "search_run_id": origin.iloc[0] if len(origin) else ""})
+    columns = ["config_id", "method", "hyperparameters", "seeds", "clean", "clean_half", "robust", "robust_half",
+               "search_run_id"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def confirmed_front(configs: pd.DataFrame) -> pd.DataFrame:
+    """The confirmed configurations whose means no other's means dominate, sorted by clean."""
+    return non_dominated(configs, "clean", "robust") if not configs.empty else configs
+
+
+def plus_minus(mean: float, half: float) -> str:
+    return f"{mean:.3f} ± {half:.3f}" if not math.isnan(half) else f"{mean:.3f} (1 seed)"
+
+
+def confirmed_table(front: pd.DataFrame) -> pd.DataFrame:
+    """The confirmed front as printed: `mean ± half-width` of the 95% Student-t interval."""
+    return pd.DataFrame({
+        "method": front["method"],
+        "hyperparameters": front["hyperparameters"],
+        "seeds": front["seeds"],
+        "clean_acc": [plus_minus(m, h) for m, h in zip(front["clean"], front["clean_half"], strict=True)],
+        "robust_acc": [plus_minus(m, h) for m, h in zip(front["robust"], front["robust_half"], strict=True)],
+        "config_id": front["config_id"],
+    }).reset_index(drop=True)
+
+
+def select_for_confirmation(trials: pd.DataFrame, top: int, per_method: bool) -> pd.DataFrame:
+    """The search configurations a confirm stage retrains, at most `top`: with `per_method`
+    each method's best first (highest robust, then clean, accuracy: non-dominated among its
+    method's), then the search front's points, each time the one that adds the most hypervolume
+    to those chosen. One row per configuration."""
+    search = trials[trials["stage"] == SEARCH].drop_duplicates("config_id")
+    chosen = list(best_per_method(search).index) if per_method else []
+    candidates = [i for i in pareto_front(search).index if i not in chosen]
+
+    def area(rows: list) -> float:
+        return hypervolume(search.loc[rows, [CLEAN, ROBUST]].to_numpy())
+
+    while len(chosen) < top and candidates:
+        base = area(chosen)
+        best = max(candidates, key=lambda i: (area([*chosen, i]) - base, search.loc[i, ROBUST]))
+        chosen.append(best)
+        candidates.remove(best)
+    return search.loc[chosen[:top]]
 
 
 def hyperparameters(row: pd.Series) -> str:
@@ -108,22 +198,39 @@ def front_table(front: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns="final_robust") if table["final_robust"].isna().all() else table
 
 
-def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, path: Path) -> None:
-    """Every trial coloured by method (stopped-early ones hollow), the front as a step line
-    through ringed points (so a front of one point, or of coinciding trials, still shows)."""
+def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, path: Path,
+               configs: pd.DataFrame | None = None) -> None:
+    """Every search trial coloured by method (stopped-early ones hollow), the front as a step
+    line through ringed points (so a front of one point, or of coinciding trials, still shows).
+    With confirmed `configs`: the search faint behind, each configuration's means with 95%
+    intervals on both axes, and the confirmed front through its means."""
+    confirmed = configs is not None and not configs.empty
+    faint = 0.25 if confirmed else 1.0
     fig, ax = plt.subplots(figsize=(6.5, 5))
+    colors = {}
     for method, group in trials.dropna(subset=[CLEAN, ROBUST]).groupby("method"):
         full = group["budget"] == "full"
-        points = ax.scatter(group.loc[full, CLEAN], group.loc[full, ROBUST], label=method, s=36)
-        ax.scatter(group.loc[~full, CLEAN], group.loc[~full, ROBUST], s=36,
-                   facecolors="none", edgecolors=points.get_facecolor())
+        points = ax.scatter(group.loc[full, CLEAN], group.loc[full, ROBUST], s=36, alpha=faint,
+                            label=None if confirmed else method)
+        colors[method] = points.get_facecolor()[0]
+        ax.scatter(group.loc[~full, CLEAN], group.loc[~full, ROBUST], s=36, alpha=faint,
+                   facecolors="none", edgecolors=[colors[method]])
     if not front.empty:
-        ax.step(front[CLEAN], front[ROBUST], where="pre", color="black", lw=1.2)
-        ax.scatter(front[CLEAN], front[ROBUST], s=110, facecolors="none", edgecolors="black", lw=1.2,
-                   label="Pareto front")
+        ax.step(front[CLEAN], front[ROBUST], where="pre", color="black", lw=1.2, alpha=faint,
+                label="search front" if confirmed else None)
+        ax.scatter(front[CLEAN], front[ROBUST], s=110, facecolors="none", edgecolors="black", lw=1.2, alpha=faint,
+                   label=None if confirmed else "Pareto front")
+    if confirmed:
+        for method, group in configs.groupby("method"):
+            ax.errorbar(group["clean"], group["robust"], xerr=group["clean_half"].fillna(0),
+                        yerr=group["robust_half"].fillna(0), fmt="o", ms=6, capsize=3, color=colors.get(method),
+                        label=f"{method} (mean, {CONFIDENCE:.0%} CI)")
+        best = confirmed_front(configs)
+        ax.step(best["clean"], best["robust"], where="pre", color="black", lw=1.6, label="confirmed front")
     ax.set_xlabel("clean accuracy")
     ax.set_ylabel(f"robust accuracy ({robust_label(robust_metric)})")
-    ax.set_title("clean vs robust accuracy (hollow: stopped early)")
+    ax.set_title("confirmed over seeds (faint: the search)" if confirmed
+                 else "clean vs robust accuracy (hollow: stopped early)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -138,16 +245,64 @@ def robust_label(metric: str) -> str:
 
 
 def study_trials(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
-    """The trial runs of a study with the front's axes (what every front-reading command takes)."""
+    """The trial runs of a study, both stages, with the front's axes (what every front-reading
+    command takes)."""
     return with_axes(trial_runs(client, parent_run_id))
 
 
-def study_front(client: MlflowClient, parent_run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(all trials, the front, the primary robust metric) of one study run."""
+@dataclass
+class StudyAnalysis:
+    """A study's fronts as `write_analysis` found them: all trial runs, the search trials and
+    front, the confirmed configurations and front (empty without a confirm stage), the robust
+    axes' metrics and the fronts' hypervolumes."""
+
+    trials: pd.DataFrame
+    search: pd.DataFrame
+    front: pd.DataFrame
+    configs: pd.DataFrame
+    confirmed: pd.DataFrame
+    robust_metric: str
+    confirm_robust_metric: str
+    hypervolumes: dict[str, float]
+
+
+def analyse(client: MlflowClient, parent_run_id: str) -> StudyAnalysis:
     trials = study_trials(client, parent_run_id)
+    search = trials[trials["stage"] == SEARCH]
+    front = pareto_front(search)
+    configs = confirmed_configs(trials)
+    confirmed = confirmed_front(configs)
     tags = client.get_run(parent_run_id).data.tags
     robust_metric = tags.get(FINAL_ROBUST_METRIC_TAG) or tags.get(ROBUST_METRIC_TAG, "robust_acc")
-    return trials, pareto_front(trials), robust_metric
+    hypervolumes = {"search_hypervolume": hypervolume(front[[CLEAN, ROBUST]].to_numpy())}
+    if not configs.empty:
+        hypervolumes["confirmed_hypervolume"] = hypervolume(confirmed[["clean", "robust"]].to_numpy())
+    return StudyAnalysis(trials, search, front, configs, confirmed, robust_metric,
+                         tags.get(CONFIRM_ROBUST_METRIC_TAG, robust_metric), hypervolumes)
+
+
+def write_analysis(client: MlflowClient, parent_run_id: str, out: Path) -> StudyAnalysis:
+    """front.csv / .png, confirmed_front.csv / .png (after a confirm stage) and hypervolume.png
+    (its progress over the search's finished trials) under `out`, logged to the study run under
+    `analysis/`, with the fronts' hypervolumes as the run's metrics."""
+    study = analyse(client, parent_run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "front.csv", out / "front.png", out / "hypervolume.png"]
+    front_table(study.front).to_csv(files[0], index=False)
+    plot_front(study.search, study.front, study.robust_metric, files[1], study.configs)
+    started = client.get_run(parent_run_id).info.start_time
+    progress = hypervolume_progress(study.search[study.search["status"] == "FINISHED"], CLEAN, ROBUST, started)
+    plot_hypervolume(progress, study.hypervolumes.get("confirmed_hypervolume"), files[2])
+    if not study.configs.empty:
+        files += [out / "confirmed_front.csv", out / "confirmed_front.png"]
+        on_front = study.configs["config_id"].isin(study.confirmed["config_id"])
+        study.configs.assign(on_front=on_front).to_csv(files[3], index=False)
+        plot_front(study.search, study.front, study.confirm_robust_metric, files[4], study.configs)
+    for path in files:
+        client.log_artifact(parent_run_id, str(path), "analysis")
+    now = int(time.time() * 1000)
+    client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in study.hypervolumes.items()])
+    return study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,16 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    trials, front, robust_metric = study_front(client, parent)
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = front_table(front)
-    table.to_csv(args.out / "front.csv", index=False)
-    plot_front(trials, front, robust_metric, args.out / "front.png")
-    client.log_artifact(parent, str(args.out / "front.png"), "analysis")
-    client.log_artifact(parent, str(args.out / "front.csv"), "analysis")
-    print(f"{len(trials)} trials, {len(front)} on the front ({robust_label(robust_metric)}):")
-    print(table.drop(columns="run_id").to_string(index=False))
-    print(f"wrote {args.out / 'front.csv'} and {args.out / 'front.png'}; logged to run {parent}")
+    study = write_analysis(client, parent, args.out)
+    print(f"{len(study.search)} search trials, {len(study.front)} on the front ({robust_label(study.robust_metric)}):")
+    print(front_table(study.front).drop(columns="run_id").to_string(index=False))
+    if not study.configs.empty:
+        print(f"\nconfirmed front ({robust_label(study.confirm_robust_metric)}; mean ± "
+              f"{CONFIDENCE:.0%} Student-t half-width over seeds):")
+        print(confirmed_table(study.confirmed).to_string(index=False))
+    print(f"wrote front.csv, front.png, hypervolume.png (and confirmed_front.* after a confirm stage) to "
+          f"{args.out}; logged to run {parent}")
     return 0
 
 

@@ -20,6 +20,11 @@ FAILURES_TAG = "robust_study.failures"
 NODE_TAG = "robust_study.node_id"
 ORPHAN_TAG = "robust_study.orphaned"
 EVAL_WARNING_TAG = "robust_study.eval_warning"  # attack-failure indicators that fired, "; " between
+STAGE_TAG = "robust_study.stage"  # search or confirm
+CONFIG_TAG = "robust_study.config_id"  # one configuration: its search trial and every seed confirming it
+SEED_TAG = "robust_study.seed"  # the run's train.seed
+CONFIRM_ROBUST_METRIC_TAG = "robust_study.confirm_robust_metric"  # the confirmed front's robust axis
+SEARCH, CONFIRM = "search", "confirm"
 
 
 def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> str:
@@ -54,29 +59,45 @@ def open_study(args: argparse.Namespace) -> tuple[MlflowClient, str]:
     return client, find_study_run(client, args.experiment, args.parent_run)
 
 
-TRIAL_COLUMNS = ["run_id", "status", "method", "budget", "eval_warning", "metrics.clean_acc", "metrics.robust_acc"]
+TRIAL_COLUMNS = ["run_id", "trial_id", "stage", "config_id", "seed", "status", "method", "budget", "eval_warning",
+                 "start_time", "end_time", "metrics.clean_acc", "metrics.robust_acc"]
 
 
-def child_runs(client: MlflowClient, parent_run_id: str, trial_id: str | None = None) -> list[Run]:
-    """The (active) trial runs of a study, or the run of one trial."""
+def stage_of(run: Run) -> str:
+    """A trial run's stage (runs recorded before stages existed were search runs)."""
+    return run.data.tags.get(STAGE_TAG, SEARCH)
+
+
+def child_runs(client: MlflowClient, parent_run_id: str, trial_id: str | None = None,
+               stage: str | None = None) -> list[Run]:
+    """The (active) trial runs of a study: all, one stage's, or the run of one trial."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
     if trial_id is not None:
         query += f" and tags.`{TRIAL_TAG}` = '{trial_id}'"
-    return client.search_runs([experiment_id], filter_string=query, max_results=50000)
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=50000)
+    return [run for run in runs if stage is None or stage_of(run) == stage]
 
 
 def trial_runs(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
-    """One row per trial run of the study: run_id, status, method, budget, hyperparameters
-    (`params.*`) and the last value of each metric (`metrics.*`); the TRIAL_COLUMNS always."""
+    """One row per trial run of the study: run_id, its trial, stage, configuration and seed,
+    status, method, budget, hyperparameters (`params.*`), start and end (ms since the epoch) and
+    the last value of each metric (`metrics.*`); the TRIAL_COLUMNS always."""
     rows = []
     for run in child_runs(client, parent_run_id):
+        tags = run.data.tags
         row = {
             "run_id": run.info.run_id,
+            "trial_id": tags.get(TRIAL_TAG, ""),
+            "stage": stage_of(run),
+            "config_id": tags.get(CONFIG_TAG, ""),
+            "seed": int(tags[SEED_TAG]) if SEED_TAG in tags else None,
             "status": run.info.status,
-            "method": run.data.tags.get(METHOD_TAG, ""),
-            "budget": run.data.tags.get(BUDGET_TAG, ""),
-            "eval_warning": run.data.tags.get(EVAL_WARNING_TAG, ""),
+            "method": tags.get(METHOD_TAG, ""),
+            "budget": tags.get(BUDGET_TAG, ""),
+            "eval_warning": tags.get(EVAL_WARNING_TAG, ""),
+            "start_time": run.info.start_time,
+            "end_time": run.info.end_time,
         }
         row.update({f"params.{k}": v for k, v in run.data.params.items()})
         row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})

@@ -2,36 +2,53 @@
 
 Validates the spec before anything starts, loads the data once, runs the trials on a local Ray
 (or the cluster at --address, or the one `ray job submit` names), records every trial in MLflow,
-and prints the front of the trials that ran the full budget. `--resume` continues the newest
-interrupted study of the same name from its checkpoints.
+and prints the front of the trials that ran the full budget. With a `confirm:` section, a
+confirm stage then retrains the front's best configurations once per seed and prints the
+confirmed front (mean ± 95% interval). `--resume` continues the newest interrupted study of the
+same name from its checkpoints, in whichever stage it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.experiment import Trial
 
-from analysis.pareto import column, front_table, robust_label, study_front
+from analysis.pareto import (
+    CONFIDENCE,
+    StudyAnalysis,
+    column,
+    confirmed_table,
+    front_table,
+    robust_label,
+    select_for_confirmation,
+    study_trials,
+    write_analysis,
+)
+from analysis.records import CONFIRM, CONFIRM_ROBUST_METRIC_TAG, SEARCH
 from study.space import describe_space
 from study.spec import StudySpec, load_spec
 from study.storage import SPEC_FILE, Storage, StudyRecord, check_cluster
 from study.tracking import FINISHED, KILLED, RUNNING, TrialTracker, start_study_run
-from study.tuner import build_tuner, restore_tuner
-from trainables.core.data import load_data
+from study.tuner import build_confirm_tuner, build_tuner, restore_tuner, trial_resources
+from trainables.core.data import DataBundle, load_data
 from trainables.core.registry import ConfigError
 from trainables.core.schema import to_dict
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 TRIAL_METRICS = ["train_loss", "lr", "epoch_time_s", "eval_time_s"]
+CONFIRM_FOLDER = "-confirm"  # the confirm stage's Tune experiment: beside the search's, named after it
+CONFIRM_FILE = "confirm.json"  # in the study folder: the confirm stage's (configuration, seed) list
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +65,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="continue the newest interrupted study of this name under --storage")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved spec and search space, start nothing")
+    stage = parser.add_mutually_exclusive_group()
+    stage.add_argument("--confirm-only", action="store_true",
+                       help="with --resume: run (or finish) the spec's confirm stage on the study's search front")
+    stage.add_argument("--no-confirm", action="store_true", help="skip the spec's confirm stage")
     return parser.parse_args(argv)
+
+
+def check_stage_arguments(spec: StudySpec, args: argparse.Namespace) -> None:
+    if args.confirm_only and not args.resume:
+        raise ConfigError("--confirm-only: needs --resume (it confirms the front of an existing study)")
+    if args.confirm_only and spec.confirm is None:
+        raise ConfigError("--confirm-only: the spec has no confirm section; add one, e.g. confirm: {seeds: [0, 1, 2]}")
 
 
 def resolve_spec(args: argparse.Namespace) -> StudySpec:
@@ -58,14 +86,21 @@ def resolve_spec(args: argparse.Namespace) -> StudySpec:
     return load_spec(args.spec, overrides)
 
 
-def print_front(client: MlflowClient, parent_run_id: str) -> None:
-    trials, front, robust_metric = study_front(client, parent_run_id)
-    print(f"\nPareto front ({len(front)} of {len(trials)} trials; clean vs {robust_label(robust_metric)}; "
+def print_fronts(study: StudyAnalysis) -> None:
+    """The search front (with warnings, certificate violations and failures) and, after a
+    confirm stage, the confirmed front."""
+    trials, front, configs = study.trials, study.front, study.configs
+    print(f"\nPareto front ({len(front)} of {len(study.search)} trials; clean vs {robust_label(study.robust_metric)}; "
           "trials that ran the full budget):")
     table = front_table(front).drop(columns="run_id")
     print(table.to_string(index=False) if not table.empty else "(no trial ran the full budget)")
     for _, trial in front[front["eval_warning"].astype(bool)].iterrows():
         print(f"! {trial['method']} ({trial['run_id'][:8]}): {trial['eval_warning']}")
+    if not configs.empty:
+        seeds = ", ".join(str(s) for s in sorted(trials.loc[trials["stage"] == CONFIRM, "seed"].dropna().unique()))
+        print(f"\nConfirmed front ({len(study.confirmed)} of {len(configs)} configurations; seeds {seeds}; "
+              f"clean vs {robust_label(study.confirm_robust_metric)}; mean ± {CONFIDENCE:.0%} Student-t half-width):")
+        print(confirmed_table(study.confirmed).to_string(index=False))
     violations = column(trials, "metrics.final_certificate_violations", 0.0).fillna(0)
     for _, trial in trials[violations > 0].iterrows():
         print(f"error: certificate violated: {trial['method']} ({trial['run_id']}): "
@@ -97,36 +132,93 @@ def start_study(spec: StudySpec, storage: Storage, tracking_uri: str, client: Ml
     return record
 
 
+def search_stage(spec: StudySpec, data: DataBundle, storage: Storage, record: StudyRecord, resumed: bool,
+                 fit: bool) -> tuple[int, int]:
+    """Run (or resume) the search, unless `fit` is off (only reconcile what it recorded);
+    returns (unfinished, failed) trial counts."""
+    tracker = TrialTracker(record.tracking_uri, record.parent_run_id, spec.metric_names() + TRIAL_METRICS,
+                           spec.train.epochs, SEARCH, spec.train.seed)
+    study_uri = storage.study_uri(record.run_name)
+    if fit:
+        if resumed:
+            tuner = restore_tuner(spec.settings(), data, trial_resources(spec), study_uri)
+        else:
+            tuner = build_tuner(spec, data, storage.uri, record.run_name, [tracker])
+        tuner.fit()
+    saved = tune.ExperimentAnalysis(study_uri).trials  # statuses as saved, before Tune's cleanup
+    unfinished = tracker.reconcile(saved) + spec.search.num_samples - len(saved)
+    return unfinished, sum(trial.status == Trial.ERROR for trial in saved)
+
+
+def confirmation_points(spec: StudySpec, client: MlflowClient, storage: Storage,
+                        record: StudyRecord) -> list[dict[str, Any]]:
+    """The confirm stage's trial configs: each chosen search trial's config once per seed,
+    seed-major (every configuration's first seed before any second one). Chosen once and saved
+    in the study folder (`confirm.json`): a resumed stage goes on with the list it started."""
+    if storage.exists(record.run_name, CONFIRM_FILE):
+        return json.loads(storage.read_text(record.run_name, CONFIRM_FILE))
+    chosen = select_for_confirmation(study_trials(client, record.parent_run_id), spec.confirm.top,
+                                     spec.confirm.per_method)
+    searched = tune.ExperimentAnalysis(storage.study_uri(record.run_name)).trials
+    configs = {trial.trial_id: trial.config for trial in searched}
+    points = [{**configs[trial_id], "seed": seed} for seed in spec.confirm.seeds for trial_id in chosen["trial_id"]]
+    storage.write_text(json.dumps(points, indent=1), record.run_name, CONFIRM_FILE)
+    return points
+
+
+def confirm_stage(spec: StudySpec, data: DataBundle, storage: Storage, record: StudyRecord,
+                  client: MlflowClient) -> int:
+    """Run (or resume) the confirm stage; returns how many of its trials are unfinished."""
+    points = confirmation_points(spec, client, storage, record)
+    if not points:
+        print("confirm: the search front is empty, nothing to confirm", flush=True)
+        return 0
+    seeds = len({point["seed"] for point in points})
+    settings = spec.confirm_settings()
+    name = record.run_name + CONFIRM_FOLDER
+    uri = storage.study_uri(name)
+    if settings.final_eval is not None and settings.final_eval.primary_robust_metric is not None:
+        client.set_tag(record.parent_run_id, CONFIRM_ROBUST_METRIC_TAG, settings.final_eval.primary_robust_metric)
+    print(f"confirm: {len(points) // seeds} configuration(s) x {seeds} seed(s), "
+          f"{settings.train.epochs} epochs on {len(data.train_y)} images", flush=True)
+    tracker = TrialTracker(record.tracking_uri, record.parent_run_id, settings.metric_names() + TRIAL_METRICS,
+                           settings.train.epochs, CONFIRM)
+    if tune.Tuner.can_restore(uri):
+        tuner = restore_tuner(settings, data, trial_resources(spec), uri)
+    else:
+        tuner = build_confirm_tuner(spec, data, storage.uri, name, points, [tracker])
+    tuner.fit()
+    saved = tune.ExperimentAnalysis(uri).trials
+    return tracker.reconcile(saved) + len(points) - len(saved)
+
+
 def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
-    """Run (or resume) `spec` to the end; returns the exit status."""
+    """Run (or resume) `spec` to the end: the search, then the confirm stage where the spec has
+    one (and neither --no-confirm nor an unfinished search stops it); returns the exit status."""
     storage = Storage(args.storage)
     resumed = storage.latest_record(spec.name) if args.resume else None
     tracking_uri = args.tracking_uri or (resumed.tracking_uri if resumed else storage.default_tracking_uri())
+    confirming = spec.confirm is not None and not args.no_confirm
     data = load_data(spec.data)
+    confirm_data = load_confirm_data(spec) if confirming else None
     # "local" starts a fresh Ray even where a stale /tmp/ray/ray_current_cluster names a dead one
     ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
     try:
         check_cluster(storage, tracking_uri)
         client = MlflowClient(tracking_uri)
         record = resumed or start_study(spec, storage, tracking_uri, client)
-        tracker = TrialTracker(tracking_uri, record.parent_run_id,
-                               spec.metric_names() + TRIAL_METRICS, spec.train.epochs)
-        study_uri = storage.study_uri(record.run_name)
         if resumed:
             client.update_run(record.parent_run_id, status=RUNNING)
-            tuner = restore_tuner(spec, data, study_uri)
-        else:
-            tuner = build_tuner(spec, data, storage.uri, record.run_name, [tracker])
         print(f"study {record.run_name}: MLflow run {record.parent_run_id} in experiment "
               f"{record.experiment!r} at {tracking_uri}", flush=True)
-        tuner.fit()
-        saved = tune.ExperimentAnalysis(study_uri).trials  # statuses as saved, before Tune's cleanup
-        unfinished = tracker.reconcile(saved) + spec.search.num_samples - len(saved)
-        errors = sum(trial.status == Trial.ERROR for trial in saved)
+        unfinished, errors = search_stage(spec, data, storage, record, resumed is not None, not args.confirm_only)
+        if confirming and (args.confirm_only or not unfinished):  # an unfinished search's front waits for it
+            unfinished += confirm_stage(spec, confirm_data, storage, record, client)
         client.set_terminated(record.parent_run_id, KILLED if unfinished else FINISHED)
     finally:
         ray.shutdown()
-    print_front(client, record.parent_run_id)
+    with tempfile.TemporaryDirectory() as folder:
+        print_fronts(write_analysis(client, record.parent_run_id, Path(folder)))
     if unfinished:
         print(f"\n{unfinished} trial(s) unfinished: continue with python -m study.launch {args.spec} "
               f"--storage {args.storage} --resume", file=sys.stderr)
@@ -134,10 +226,19 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
     return 1 if errors == spec.search.num_samples else 0
 
 
+def load_confirm_data(spec: StudySpec) -> DataBundle:
+    """The confirm stage's data (its own subset where it sets one), checked before anything starts."""
+    try:
+        return load_data(spec.confirm_settings().data)
+    except ConfigError as err:
+        raise ConfigError(f"confirm.subset: {err}") from err
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         spec = resolve_spec(args)
+        check_stage_arguments(spec, args)
         if args.dry_run:
             print("# resolved spec")
             print(spec.to_yaml())

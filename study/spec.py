@@ -7,12 +7,13 @@ allowed. The run sections (data, model, train, eval) are the core's own config t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from trainables.core.evaluation import EvalConfig
 from trainables.core.methods import METHODS, method_params
 from trainables.core.models import MODELS, model_options
 from trainables.core.params import Param
@@ -163,6 +164,33 @@ class TrackingConfig:
 
 
 @dataclass
+class ConfirmConfig:
+    """After the search, retrain the front's configurations once per seed on the full budget:
+    at most `top` of them (the front's points that add the most hypervolume; with `per_method`,
+    each method's best configuration first). `epochs`, `subset` (data.subset) and `final_eval`
+    replace the search's settings for these runs; omitted, the search's stay."""
+
+    seeds: list[int]
+    top: int = 4
+    per_method: bool = False
+    epochs: int | None = None
+    subset: int | None = None
+    final_eval: EvalConfig | None = None
+
+    def check(self, path: str) -> None:
+        require(bool(self.seeds), f"{path}.seeds", "needs at least one seed, e.g. [0, 1, 2]")
+        repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
+        require(not repeated, f"{path}.seeds", f"seed {repeated[0] if repeated else ''} is repeated; "
+                "allowed: distinct integers in 0 .. 2^32 - 1")
+        for i, seed in enumerate(self.seeds):
+            require(0 <= seed < 2 ** 32, f"{path}.seeds[{i}]", f"must be in 0 .. 2^32 - 1, got {seed}")
+        require(self.top >= 1, f"{path}.top", f"must be >= 1, got {self.top}")
+        require(self.epochs is None or self.epochs >= 1, f"{path}.epochs", f"must be >= 1, got {self.epochs}")
+        require(self.subset is None or self.subset >= 1, f"{path}.subset",
+                f"must be a positive number of examples, got {self.subset}")
+
+
+@dataclass
 class StudySpec(RunSettings):
     name: str = ""
     methods: MethodSpace | None = None
@@ -174,6 +202,7 @@ class StudySpec(RunSettings):
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    confirm: ConfirmConfig | None = None
 
     def check(self, path: str) -> None:
         super().check(path)
@@ -206,6 +235,36 @@ class StudySpec(RunSettings):
                     "ASHA compares trials every epoch, so it needs eval.every: 1 (or scheduler.kind: fifo)")
             require(self.scheduler.grace_period <= self.train.epochs, "scheduler.grace_period",
                     f"{self.scheduler.grace_period} exceeds train.epochs ({self.train.epochs})")
+
+        if self.confirm is not None:
+            self.check_confirm(measured)
+
+    def check_confirm(self, measured: list[str]) -> None:
+        """A confirm stage confirms a clean-vs-robust front, so the search must define one; its
+        final_eval must suit the data and every model of the study."""
+        maximized = {o.metric for o in self.objectives if o.mode == "max"}
+        robust = [m for m in measured if m.endswith("_acc") and m != "clean_acc"]
+        require("clean_acc" in maximized and bool(maximized & set(robust)), "confirm",
+                "confirms a clean-vs-robust front, so objectives must maximize clean_acc and a robust "
+                f"accuracy; allowed robust metrics: {', '.join(robust)}")
+        settings = self.confirm_settings()
+        if self.confirm.final_eval is not None:
+            settings.final_eval.check_classifier(self.data.dataset, "confirm.final_eval")
+            if settings.final_eval.needs_bound:
+                models = {self.model.name} | {params["model.name"].default for params in self.methods.methods.values()
+                                              if "model.name" in params}
+                for model in sorted(models):
+                    settings.check_model(model, "confirm.final_eval")
+
+    def confirm_settings(self) -> RunSettings:
+        """What every confirmation run shares: the search's settings with confirm's overrides."""
+        settings, confirm = self.settings(), self.confirm
+        return replace(
+            settings,
+            train=replace(settings.train, epochs=confirm.epochs or settings.train.epochs),
+            data=replace(settings.data, subset=confirm.subset or settings.data.subset),
+            final_eval=confirm.final_eval or settings.final_eval,
+        )
 
     def check_model_overrides(self, label: str, params: dict[str, Param]) -> None:
         """A method entry's `model:` keys must be options of its model (the study's, or the one

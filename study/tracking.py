@@ -8,6 +8,8 @@ run is found again by its tag, and epochs already logged are not logged twice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from ray.tune.experiment import Trial
 
 from analysis.records import (
     BUDGET_TAG,
+    CONFIG_TAG,
     EVAL_WARNING_TAG,
     FAILURE_TAG,
     FAILURES_TAG,
@@ -28,6 +31,9 @@ from analysis.records import (
     ORPHAN_TAG,
     PARENT_TAG,
     ROBUST_METRIC_TAG,
+    SEARCH,
+    SEED_TAG,
+    STAGE_TAG,
     STUDY_TAG,
     TRIAL_TAG,
     child_runs,
@@ -94,6 +100,13 @@ def trial_params(trial: Trial) -> dict[str, Any]:
     return {"method": method, **registered, "hp": trial.config.get(method, {}), "resources": resources}
 
 
+def config_id(config: dict[str, Any]) -> str:
+    """One id per configuration (method and hyperparameters, whatever the seed): the same on a
+    search trial and on each seed that confirms it."""
+    text = json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def error_summary(trial: Trial) -> str:
     """The last lines of a failed trial's traceback: the exception and its message. Tune
     writes it to the trial's local folder before it calls the callbacks."""
@@ -103,18 +116,23 @@ def error_summary(trial: Trial) -> str:
 
 
 class TrialTracker(tune.Callback):
-    """Mirrors every trial into an MLflow child run of the study's parent run.
+    """Mirrors every trial of one stage (search or confirm) into an MLflow child run of the
+    study's parent run, tagged with the stage, its configuration's id and its seed (a
+    confirmation trial's `seed`, else the study's `seed`).
 
     Run status follows the trial: RUNNING while it trains, FAILED (reason tagged) when it errors,
     RUNNING again when Tune retries it from its checkpoint, FINISHED when done, KILLED when the
     study is interrupted before it finished.
     """
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, metric_names: list[str], epochs: int) -> None:
+    def __init__(self, tracking_uri: str, parent_run_id: str, metric_names: list[str], epochs: int,
+                 stage: str = SEARCH, seed: int = 0) -> None:
         self.tracking_uri = tracking_uri
         self.parent_run_id = parent_run_id
         self.metric_names = metric_names
         self.epochs = epochs
+        self.stage = stage
+        self.seed = seed
         self.trial_runs: dict[str, str] = {}
         self.logged_epochs: dict[str, int] = {}
         self.warned: set[str] = set()  # runs whose latest evaluation raised attack-failure warnings
@@ -133,7 +151,7 @@ class TrialTracker(tune.Callback):
         """The trial's run: known, found by its tag (after a driver restart), or created."""
         if trial.trial_id in self.trial_runs:
             return self.trial_runs[trial.trial_id]
-        found = child_runs(self.client, self.parent_run_id, trial.trial_id)
+        found = child_runs(self.client, self.parent_run_id, trial.trial_id, self.stage)
         if found:
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, "train_loss")
@@ -143,7 +161,9 @@ class TrialTracker(tune.Callback):
             run = self.client.create_run(
                 self.client.get_run(self.parent_run_id).info.experiment_id,
                 run_name=f"{trial.trial_id}-{method}",
-                tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: method},
+                tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: method,
+                      STAGE_TAG: self.stage, CONFIG_TAG: config_id(trial.config),
+                      SEED_TAG: str(trial.config.get("seed", self.seed))},
             )
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=as_params(trial_params(trial)))
@@ -206,10 +226,10 @@ class TrialTracker(tune.Callback):
         return unfinished
 
     def retire_orphans(self, known: set[str]) -> None:
-        """Runs of trials that a killed driver started after Tune last saved its state: Tune
-        no longer knows them and samples anew, so they are marked KILLED, tagged, and
-        soft-deleted (kept, restorable with `mlflow runs restore`) to leave one run per trial."""
-        for run in child_runs(self.client, self.parent_run_id):
+        """Runs of this stage's trials that a killed driver started after Tune last saved its
+        state: Tune no longer knows them and samples anew, so they are marked KILLED, tagged,
+        and soft-deleted (kept, restorable with `mlflow runs restore`) to leave one run per trial."""
+        for run in child_runs(self.client, self.parent_run_id, stage=self.stage):
             if run.data.tags.get(TRIAL_TAG) not in known:
                 self.client.set_tag(run.info.run_id, ORPHAN_TAG, "started by a driver that died before Tune saved it")
                 self.client.set_terminated(run.info.run_id, KILLED)

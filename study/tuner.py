@@ -1,18 +1,24 @@
-"""The Ray Tune Tuner of a study: Optuna (multi-objective) picks configurations, ASHA stops the
-poor ones on one metric, each trial gets its resources, and every trial is tracked in MLflow."""
+"""The Ray Tune Tuners of a study. Search: Optuna (multi-objective) picks configurations, ASHA
+stops the poor ones on one metric. Confirm: the chosen configurations once per seed, each to the
+end. Each trial gets its resources, and every trial is tracked in MLflow."""
 
 from __future__ import annotations
+
+import copy
+import json
+from typing import Any
 
 import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study.space import MethodSearchSpace, first_points
 from study.spec import StudySpec
 from trainables.core.data import DataBundle
+from trainables.core.train import RunSettings
 from trainables.trainable import train_trial
 
 
@@ -50,39 +56,86 @@ def make_searcher(spec: StudySpec) -> ConcurrencyLimiter:
     return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
 
 
-def make_trainable(spec: StudySpec, data: DataBundle) -> object:
+class ConfirmationPoints(Searcher):
+    """Suggests the given trial configs in order, then nothing: the confirm stage's fixed list of
+    (configuration, seed) pairs, saved with the experiment so a resume neither repeats nor skips."""
+
+    def __init__(self, points: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.points = points
+        self.suggested = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.suggested == len(self.points):
+            return Searcher.FINISHED
+        self.suggested += 1
+        return copy.deepcopy(self.points[self.suggested - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Nothing to learn: the list is fixed."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump({"points": self.points, "suggested": self.suggested}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+        self.points, self.suggested = state["points"], state["suggested"]
+
+
+def make_trainable(settings: RunSettings, data: DataBundle, resources: dict[str, float]) -> object:
     """The trial function with its resources; `data` goes into Ray's object store once and every
     trial on a node maps that one copy."""
-    return tune.with_resources(
-        tune.with_parameters(train_trial, settings=spec.settings(), data=data),
-        trial_resources(spec),
+    return tune.with_resources(tune.with_parameters(train_trial, settings=settings, data=data), resources)
+
+
+def run_config(spec: StudySpec, storage_uri: str, name: str, callbacks: list[tune.Callback]) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_uri,
+        callbacks=callbacks,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=spec.faults.max_failures),
+        verbose=1,
     )
 
 
 def build_tuner(
     spec: StudySpec, data: DataBundle, storage_uri: str, run_name: str, callbacks: list[tune.Callback]
 ) -> tune.Tuner:
-    """A new Tuner over `spec`, writing results and checkpoints to `storage_uri/run_name`."""
+    """A new search Tuner over `spec`, writing results and checkpoints to `storage_uri/run_name`."""
     return tune.Tuner(
-        make_trainable(spec, data),
+        make_trainable(spec.settings(), data, trial_resources(spec)),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),
             num_samples=spec.search.num_samples,
             reuse_actors=True,  # trials of a study share resources: skip a process start per trial
         ),
-        run_config=tune.RunConfig(
-            name=run_name,
-            storage_path=storage_uri,
-            callbacks=callbacks,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=spec.faults.max_failures),
-            verbose=1,
-        ),
+        run_config=run_config(spec, storage_uri, run_name, callbacks),
     )
 
 
-def restore_tuner(spec: StudySpec, data: DataBundle, study_uri: str) -> tune.Tuner:
-    """The Tuner of an interrupted study: unfinished and errored trials go on from their
+def build_confirm_tuner(
+    spec: StudySpec, data: DataBundle, storage_uri: str, name: str, points: list[dict[str, Any]],
+    callbacks: list[tune.Callback],
+) -> tune.Tuner:
+    """A new confirm Tuner: every point (a search trial's config with a `seed`) trained to the
+    end under the confirm settings, on the search's resources and fault tolerance."""
+    return tune.Tuner(
+        make_trainable(spec.confirm_settings(), data, trial_resources(spec)),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(ConfirmationPoints(points), max_concurrent=spec.search.max_concurrent),
+            scheduler=FIFOScheduler(),
+            num_samples=len(points),
+            reuse_actors=True,
+        ),
+        run_config=run_config(spec, storage_uri, name, callbacks),
+    )
+
+
+def restore_tuner(settings: RunSettings, data: DataBundle, resources: dict[str, float], uri: str) -> tune.Tuner:
+    """The Tuner of an interrupted stage: unfinished and errored trials go on from their
     checkpoints; the searcher, scheduler and callbacks come back from the saved state."""
-    return tune.Tuner.restore(study_uri, trainable=make_trainable(spec, data), resume_errored=True)
+    return tune.Tuner.restore(uri, trainable=make_trainable(settings, data, resources), resume_errored=True)
