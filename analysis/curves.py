@@ -1,7 +1,7 @@
 """Accuracy-vs-eps curves of a study's methods and the area under each, read from MLflow only.
 
 `python -m analysis.curves --tracking-uri URI --experiment NAME --attack final_lrc_zeta4`
-takes, per method, the finished full-budget trial with the highest robust accuracy, reads its
+takes, per method, the finished full-budget search trial with the highest robust accuracy, reads its
 `{attack}_eps{eps}_acc` metrics (last values) with the clean accuracy at eps = 0, writes
 curves.csv and curves.png and logs them to the study run under `analysis/`.
 `--min-norm l2` instead draws the whole curve from each trial's per-example minimum-norm radii
@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from analysis.pareto import best_per_method, study_trials  # noqa: E402
-from analysis.records import add_study_arguments, open_study  # noqa: E402
+from analysis.records import SEARCH, add_study_arguments, open_study  # noqa: E402
 
 
 def accuracy_curves(runs: pd.DataFrame, attack: str) -> pd.DataFrame:
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    best = best_per_method(study_trials(client, parent))
+    trials = study_trials(client, parent)
+    best = best_per_method(trials[trials["stage"] == SEARCH])  # a confirmation seed is not a configuration
     if args.min_norm:
         curves, label = min_norm_curves(client, best, args.min_norm), f"min_norm_{args.min_norm}"
     else:

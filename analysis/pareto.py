@@ -212,7 +212,7 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, pa
         full = group["budget"] == "full"
         points = ax.scatter(group.loc[full, CLEAN], group.loc[full, ROBUST], s=36, alpha=faint,
                             label=None if confirmed else method)
-        colors[method] = points.get_facecolor()[0]
+        colors[method] = points.get_facecolor()[0][:3]  # the method's colour, without the faintness
         ax.scatter(group.loc[~full, CLEAN], group.loc[~full, ROBUST], s=36, alpha=faint,
                    facecolors="none", edgecolors=[colors[method]])
     if not front.empty:
@@ -226,7 +226,9 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, pa
                         yerr=group["robust_half"].fillna(0), fmt="o", ms=6, capsize=3, color=colors.get(method),
                         label=f"{method} (mean, {CONFIDENCE:.0%} CI)")
         best = confirmed_front(configs)
-        ax.step(best["clean"], best["robust"], where="pre", color="black", lw=1.6, label="confirmed front")
+        ax.step(best["clean"], best["robust"], where="pre", color="black", lw=1.6)
+        ax.scatter(best["clean"], best["robust"], s=140, facecolors="none", edgecolors="black", lw=1.6,
+                   label="confirmed front", zorder=3)
     ax.set_xlabel("clean accuracy")
     ax.set_ylabel(f"robust accuracy ({robust_label(robust_metric)})")
     ax.set_title("confirmed over seeds (faint: the search)" if confirmed
