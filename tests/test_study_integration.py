@@ -46,7 +46,7 @@ def test_tiny_study_end_to_end(tiny_fashion_root: Path, tmp_path: Path) -> None:
     assert parent.info.status == "FINISHED"
     assert parent.data.tags[ROBUST_METRIC_TAG] == "pgd_l2_eps0.5_acc"
     assert parent.data.params["train.epochs"] == str(EPOCHS)
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["spec.yaml"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["analysis", "spec.yaml"]
 
     children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
     assert len(children) == 4 and len(runs) == 5
@@ -88,4 +88,4 @@ def test_tiny_study_end_to_end(tiny_fashion_root: Path, tmp_path: Path) -> None:
     assert list(front["clean_acc"]) == sorted(front["clean_acc"])
     assert (tmp_path / "analysis" / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     logged = [a.path for a in client.list_artifacts(parent.info.run_id, "analysis")]
-    assert logged == ["analysis/front.csv", "analysis/front.png"]
+    assert logged == ["analysis/front.csv", "analysis/front.png", "analysis/hypervolume.png"]
