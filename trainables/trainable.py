@@ -1,8 +1,9 @@
 """The Ray Tune function trainable: a thin adapter from a trial's config to `core.fit`.
 
-One `tune.report` per epoch with the epoch's metrics (and the Ray node that ran it) and a
-checkpoint holding the full training
-state (`state.pt`) and the model weights alone (`model.pt`, what MLflow stores at the end).
+One `tune.report` per epoch with the epoch's metrics (and the Ray node that ran it; on a GPU
+`gpu_seconds`, the trial's compute seconds times its GPU share) and a checkpoint holding the
+full training state (`state.pt`) and the model weights alone (`model.pt`, what MLflow stores at
+the end).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from trainables.core.data import DataBundle
 from trainables.core.figures import is_one_dimensional_fit, one_dimensional_fit
 from trainables.core.methods import build_method
 from trainables.core.models import build_model
-from trainables.core.train import RunSettings, Tables, fit
+from trainables.core.train import RunSettings, Tables, fit, resolve_device
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
@@ -30,10 +31,13 @@ FIGURES = "figures"  # a checkpoint's figures, logged with the model when the tr
 EVAL_TABLES = "eval"  # the final evaluation's per-example tables (CSV), logged likewise
 
 
+def trial_resources() -> dict[str, float]:
+    return tune.get_context().get_trial_resources().required_resources
+
+
 def trial_threads() -> int:
     """The CPUs Ray reserved for this trial (at least 1), for torch's intra-op threads."""
-    resources = tune.get_context().get_trial_resources().required_resources
-    return max(1, int(resources.get("CPU", 1)))
+    return max(1, int(trial_resources().get("CPU", 1)))
 
 
 def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle) -> None:
@@ -43,6 +47,7 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle)
     `seed` (a confirmation run's) the study's train.seed."""
     torch.set_num_threads(trial_threads())
     node_id = ray.get_runtime_context().get_node_id()
+    gpu_share = trial_resources().get("GPU", 0.0) if resolve_device(settings.train.device).type == "cuda" else 0.0
     label = config["method"]
     settings, hparams = settings.with_overrides(config.get(label, {}))
     if "seed" in config:
@@ -62,7 +67,8 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle)
             write_tables(tables, Path(folder) / EVAL_TABLES)
             if metrics["epoch"] == settings.train.epochs and is_one_dimensional_fit(data):
                 draw_fit(state["model"], Path(folder) / FIGURES / "fit.png")
-            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))
+            cost = {"gpu_seconds": metrics["compute_time_s"] * gpu_share} if gpu_share else {}
+            tune.report({**metrics, **cost, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     def draw_fit(weights: dict[str, torch.Tensor], path: Path) -> None:
         model = build_model(settings.model, data.info)

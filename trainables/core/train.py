@@ -198,7 +198,8 @@ def fit(
     `resume_from` takes back so a resumed run continues exactly as if never stopped. The
     snapshot is a copy: training on does not change it. `tables` holds the final evaluation's
     per-example tables (e.g. minimum-norm radii) after the last epoch, else nothing; the
-    metrics carry the evaluation's attack-failure warnings as `eval_warnings`.
+    metrics carry the evaluation's attack-failure warnings as `eval_warnings`, and the run's
+    cost so far: `train_time_s` (training) and `compute_time_s` (training and evaluation).
     """
     train = settings.train
     device = resolve_device(train.device)
@@ -212,7 +213,7 @@ def fit(
         optimizer, lambda step: train.schedule.multiplier(step / steps_per_epoch)
     )
     generator = torch.Generator(device=device).manual_seed(train.seed)
-    start_epoch = 0
+    start_epoch, train_time, compute_time = 0, 0.0, 0.0
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
         optimizer.load_state_dict(resume_from["optimizer"])
@@ -221,6 +222,7 @@ def fit(
         generator.set_state(resume_from["generator"])
         torch.set_rng_state(resume_from["torch_rng"])
         start_epoch = resume_from["epoch"]
+        train_time, compute_time = resume_from.get("train_time_s", 0.0), resume_from.get("compute_time_s", 0.0)
 
     def snapshot() -> dict[str, Any]:
         return copy.deepcopy({
@@ -231,6 +233,8 @@ def fit(
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "epoch": epoch + 1,
+            "train_time_s": train_time,
+            "compute_time_s": compute_time,
         })
 
     for epoch in range(start_epoch, train.epochs):
@@ -249,11 +253,14 @@ def fit(
         train_loss = float(loss_sum) / len(data.train_y)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"train_loss became {train_loss} in epoch {epoch + 1}")
+        epoch_time = time.perf_counter() - started
+        train_time += epoch_time
         metrics = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": time.perf_counter() - started,
+            "epoch_time_s": epoch_time,
+            "train_time_s": train_time,
         }
         tables: Tables = {}
         if (epoch + 1) % settings.eval.every == 0 or epoch + 1 == train.epochs:
@@ -269,8 +276,11 @@ def fit(
                 if same_examples(settings.eval, settings.final_eval):  # e.g. PGD here against AutoAttack there
                     warnings += [w for w in metric_warnings({**result.metrics, **final.metrics}) if w not in warnings]
             metrics["eval_time_s"] = time.perf_counter() - eval_started
+            compute_time += metrics["eval_time_s"]
             if warnings:
                 metrics[EVAL_WARNINGS] = "; ".join(warnings)
+        compute_time += epoch_time
+        metrics["compute_time_s"] = compute_time
         if on_epoch is not None:
             on_epoch(metrics, snapshot, tables)
     return model
