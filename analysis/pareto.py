@@ -39,6 +39,8 @@ from analysis.records import (  # noqa: E402
     SEARCH,
     add_study_arguments,
     open_study,
+    short_name,
+    short_value,
     trial_runs,
 )
 
@@ -168,34 +170,34 @@ def select_for_confirmation(trials: pd.DataFrame, top: int, per_method: bool) ->
 
 
 def hyperparameters(row: pd.Series) -> str:
-    """`epsilon=0.7, steps=5` from the run's `params.hp.*` columns; a hyperparameter left to
-    its rule (`step_size: None`, i.e. derived from epsilon) is not shown."""
+    """`eps=0.7` from the run's `params.hp.*` columns, in short form: the hyperparameters the
+    search varied (its `searched` tag; every one for runs recorded without it), not those a
+    study fixed or left to their rule (`step_size: None`, i.e. derived from epsilon)."""
     prefix = "params.hp."
-    items = [(k[len(prefix):], v) for k, v in row.items() if k.startswith(prefix) and pd.notna(v) and v != "None"]
-    return ", ".join(f"{k}={format_value(v)}" for k, v in sorted(items))
-
-
-def format_value(value: str) -> str:
-    try:
-        return f"{float(value):.4g}" if value not in ("True", "False") else value
-    except ValueError:
-        return value
+    searched = row.get("searched")
+    shown = set(searched.split(",")) if isinstance(searched, str) else None
+    items = [(k[len(prefix):], v) for k, v in row.items()
+             if k.startswith(prefix) and pd.notna(v) and v != "None" and (shown is None or k[len(prefix):] in shown)]
+    return ", ".join(f"{short_name(k)}={short_value(v)}" for k, v in sorted(items))
 
 
 def front_table(front: pd.DataFrame) -> pd.DataFrame:
     """The front as the columns a reader wants: method, hyperparameters, clean accuracy, the
     search's robust accuracy (cheap, e.g. PGD) beside the final strong one (e.g. AutoAttack),
-    and whether an attack-failure indicator fired (`!`: see the run's robust_study.eval_warning)."""
+    the trial's training seconds, and whether an attack-failure indicator fired (`!`: see the
+    run's robust_study.eval_warning)."""
     table = pd.DataFrame({
         "method": front["method"],
         "hyperparameters": [hyperparameters(row) for _, row in front.iterrows()],
         "clean_acc": front[CLEAN],
         "search_robust": front[SEARCH_ROBUST],
         "final_robust": column(front, FINAL_ROBUST),
+        "train_s": column(front, "metrics.train_time_s").round(1),
         "warn": ["!" if warning else "" for warning in column(front, "eval_warning", "")],
         "run_id": front["run_id"],
     }).reset_index(drop=True)
-    return table.drop(columns="final_robust") if table["final_robust"].isna().all() else table
+    optional = [name for name in ("final_robust", "train_s") if table[name].isna().all()]
+    return table.drop(columns=optional)
 
 
 def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, path: Path,

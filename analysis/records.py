@@ -24,7 +24,27 @@ STAGE_TAG = "robust_study.stage"  # search or confirm
 CONFIG_TAG = "robust_study.config_id"  # one configuration: its search trial and every seed confirming it
 SEED_TAG = "robust_study.seed"  # the run's train.seed
 CONFIRM_ROBUST_METRIC_TAG = "robust_study.confirm_robust_metric"  # the confirmed front's robust axis
+SEARCHED_TAG = "robust_study.searched"  # the hyperparameters the search varied, "," between
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what newer MLflow UIs pick the experiment's view by
+NOTE_TAG = "mlflow.note.content"  # a run's description in the UI (markdown)
 SEARCH, CONFIRM = "search", "confirm"
+SHORT_NAMES = {"epsilon": "eps", "lambda": "lam", "weight_decay": "wd", "lambda_sn": "lam_sn"}
+
+
+def short_name(hyperparameter: str) -> str:
+    """`epsilon` -> `eps`, `model.gamma` -> `gamma`: how run names and front tables show it."""
+    name = hyperparameter.removeprefix("model.").removeprefix("train.")
+    return SHORT_NAMES.get(name, name)
+
+
+def short_value(value: object) -> str:
+    """0.96817 -> `0.968`; other values as they print."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    try:
+        return f"{float(value):.3g}" if value not in ("True", "False", None) else str(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> str:
@@ -60,7 +80,7 @@ def open_study(args: argparse.Namespace) -> tuple[MlflowClient, str]:
 
 
 TRIAL_COLUMNS = ["run_id", "trial_id", "stage", "config_id", "seed", "status", "method", "budget", "eval_warning",
-                 "start_time", "end_time", "metrics.clean_acc", "metrics.robust_acc"]
+                 "searched", "start_time", "end_time", "metrics.clean_acc", "metrics.robust_acc"]
 
 
 def stage_of(run: Run) -> str:
@@ -96,6 +116,7 @@ def trial_runs(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
             "method": tags.get(METHOD_TAG, ""),
             "budget": tags.get(BUDGET_TAG, ""),
             "eval_warning": tags.get(EVAL_WARNING_TAG, ""),
+            "searched": tags.get(SEARCHED_TAG),
             "start_time": run.info.start_time,
             "end_time": run.info.end_time,
         }

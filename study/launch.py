@@ -33,22 +33,23 @@ from analysis.pareto import (
     robust_label,
     select_for_confirmation,
     study_trials,
-    write_analysis,
 )
 from analysis.records import CONFIRM, CONFIRM_ROBUST_METRIC_TAG, SEARCH
+from analysis.report import write_report
 from study.space import describe_space
 from study.spec import StudySpec, load_spec
 from study.storage import SPEC_FILE, Storage, StudyRecord, check_cluster
-from study.tracking import FINISHED, KILLED, RUNNING, TrialTracker, start_study_run
+from study.tracking import FINISHED, KILLED, RUNNING, TrialTracker, start_study_run, ui_links
 from study.tuner import build_confirm_tuner, build_tuner, restore_tuner, trial_resources
 from trainables.core.data import DataBundle, load_data
 from trainables.core.registry import ConfigError
 from trainables.core.schema import to_dict
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
-TRIAL_METRICS = ["train_loss", "lr", "epoch_time_s", "eval_time_s"]
+TRIAL_METRICS = ["train_loss", "lr", "epoch_time_s", "eval_time_s", "train_time_s", "compute_time_s", "gpu_seconds"]
 CONFIRM_FOLDER = "-confirm"  # the confirm stage's Tune experiment: beside the search's, named after it
 CONFIRM_FILE = "confirm.json"  # in the study folder: the confirm stage's (configuration, seed) list
+OPTUNA_FILE = "optuna.db"  # in a local --storage: every study's Optuna study, named as its folder
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -137,13 +138,14 @@ def search_stage(spec: StudySpec, data: DataBundle, storage: Storage, record: St
     """Run (or resume) the search, unless `fit` is off (only reconcile what it recorded);
     returns (unfinished, failed) trial counts."""
     tracker = TrialTracker(record.tracking_uri, record.parent_run_id, spec.metric_names() + TRIAL_METRICS,
-                           spec.train.epochs, SEARCH, spec.train.seed)
+                           spec.train.epochs, spec.searched(), SEARCH, spec.train.seed)
     study_uri = storage.study_uri(record.run_name)
     if fit:
         if resumed:
             tuner = restore_tuner(spec.settings(), data, trial_resources(spec), study_uri)
         else:
-            tuner = build_tuner(spec, data, storage.uri, record.run_name, [tracker])
+            optuna_url = f"sqlite:///{storage.path(OPTUNA_FILE)}" if storage.local else None
+            tuner = build_tuner(spec, data, storage.uri, record.run_name, [tracker], optuna_url)
         tuner.fit()
     saved = tune.ExperimentAnalysis(study_uri).trials  # statuses as saved, before Tune's cleanup
     unfinished = tracker.reconcile(saved) + spec.search.num_samples - len(saved)
@@ -182,7 +184,7 @@ def confirm_stage(spec: StudySpec, data: DataBundle, storage: Storage, record: S
     print(f"confirm: {len(points) // seeds} configuration(s) x {seeds} seed(s), "
           f"{settings.train.epochs} epochs on {len(data.train_y)} images", flush=True)
     tracker = TrialTracker(record.tracking_uri, record.parent_run_id, settings.metric_names() + TRIAL_METRICS,
-                           settings.train.epochs, CONFIRM)
+                           settings.train.epochs, spec.searched(), CONFIRM)
     if tune.Tuner.can_restore(uri):
         tuner = restore_tuner(settings, data, trial_resources(spec), uri)
     else:
@@ -211,6 +213,9 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
             client.update_run(record.parent_run_id, status=RUNNING)
         print(f"study {record.run_name}: MLflow run {record.parent_run_id} in experiment "
               f"{record.experiment!r} at {tracking_uri}", flush=True)
+        print(ui_links(tracking_uri, client.get_run(record.parent_run_id).info.experiment_id,
+                       record.parent_run_id), flush=True)
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic progress table, whose columns the study picks
         unfinished, errors = search_stage(spec, data, storage, record, resumed is not None, not args.confirm_only)
         if confirming and (args.confirm_only or not unfinished):  # an unfinished search's front waits for it
             unfinished += confirm_stage(spec, confirm_data, storage, record, client)
@@ -218,7 +223,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
     finally:
         ray.shutdown()
     with tempfile.TemporaryDirectory() as folder:
-        print_fronts(write_analysis(client, record.parent_run_id, Path(folder)))
+        print_fronts(write_report(client, record.parent_run_id, Path(folder)))
     if unfinished:
         print(f"\n{unfinished} trial(s) unfinished: continue with python -m study.launch {args.spec} "
               f"--storage {args.storage} --resume", file=sys.stderr)

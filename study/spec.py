@@ -211,7 +211,7 @@ class StudySpec(RunSettings):
         require(self.methods is not None, "methods", f"required; methods: {METHODS.names()}")
         for label, params in self.methods.methods.items():
             self.check_model_overrides(label, params)
-        measured = self.eval.metric_names() + ["robust_acc", "train_loss"]  # every epoch, for ASHA and Optuna
+        measured = self.eval.metric_names() + ["robust_acc", "train_loss", "train_time_s"]  # every epoch
         require(bool(self.objectives), "objectives", "needs at least one objective")
         for i, objective in enumerate(self.objectives):
             require(objective.metric in measured, f"objectives[{i}].metric",
@@ -281,6 +281,11 @@ class StudySpec(RunSettings):
             if name.startswith("model.") and option != "name":
                 require(option in options, f"methods.{label}.{name}",
                         f"not an option of model {model}; allowed: {', '.join(options) or '(none)'}")
+
+    def searched(self) -> dict[str, list[str]]:
+        """Per method label, the hyperparameters the search varies (not those fixed)."""
+        return {label: [name for name, param in params.items() if param.searchable]
+                for label, params in self.methods.methods.items()}
 
     @property
     def experiment(self) -> str:

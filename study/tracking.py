@@ -23,6 +23,7 @@ from analysis.records import (
     BUDGET_TAG,
     CONFIG_TAG,
     EVAL_WARNING_TAG,
+    EXPERIMENT_KIND_TAG,
     FAILURE_TAG,
     FAILURES_TAG,
     FINAL_ROBUST_METRIC_TAG,
@@ -32,11 +33,14 @@ from analysis.records import (
     PARENT_TAG,
     ROBUST_METRIC_TAG,
     SEARCH,
+    SEARCHED_TAG,
     SEED_TAG,
     STAGE_TAG,
     STUDY_TAG,
     TRIAL_TAG,
     child_runs,
+    short_name,
+    short_value,
 )
 from trainables.core.train import EVAL_WARNINGS
 from trainables.trainable import EVAL_TABLES, FIGURES, MODEL_FILE
@@ -44,6 +48,7 @@ from trainables.trainable import EVAL_TABLES, FIGURES, MODEL_FILE
 MAX_PARAM_LENGTH = 6000
 RUNNING, FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (
     RunStatus.RUNNING, RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
+EXPERIMENT_KIND = "custom_model_development"  # a training experiment, not a GenAI one
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -72,13 +77,16 @@ def start_study_run(
     spec_file: Path,
     final_robust_metric: str | None = None,
 ) -> str:
-    """Create the experiment if needed and the study's parent run; returns the run id."""
+    """Create the experiment if needed (marked a model-training experiment) and the study's
+    parent run; returns the run id."""
     found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found is not None
-        else client.create_experiment(experiment, artifact_location=artifact_location)
-    )
+    if found is None:
+        experiment_id = client.create_experiment(experiment, artifact_location=artifact_location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    else:
+        experiment_id = found.experiment_id
+        if EXPERIMENT_KIND_TAG not in found.tags:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     run = client.create_run(
         experiment_id,
         run_name=run_name,
@@ -100,6 +108,28 @@ def trial_params(trial: Trial) -> dict[str, Any]:
     return {"method": method, **registered, "hp": trial.config.get(method, {}), "resources": resources}
 
 
+def ui_links(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a study's numbers are in MLflow's UI: the experiment's runs view (a server's own
+    address, or a local `mlflow ui`'s) and the study run."""
+    if tracking_uri.startswith(("http://", "https://")):
+        base, start = tracking_uri.rstrip("/"), "open"
+    else:
+        base, start = "http://127.0.0.1:5000", f"run mlflow ui --backend-store-uri {tracking_uri} --port 5000, open"
+    runs = f"{base}/#/experiments/{experiment_id}/runs"
+    return (f"MLflow: {start} {runs} (once: switch the sidebar to \"Model training\"); "
+            f"the study run: {runs}/{run_id}")
+
+
+def run_name(config: dict[str, Any], searched: list[str]) -> str:
+    """`pgd_l2-eps0.969`: the method and the values the search chose (and `-seed1` for a
+    confirmation run), what the MLflow runs table lists."""
+    values = config.get(config["method"], {})
+    parts = [config["method"], *(f"{short_name(p)}{short_value(values[p])}" for p in searched if p in values)]
+    if "seed" in config:
+        parts.append(f"seed{config['seed']}")
+    return "-".join(parts)
+
+
 def config_id(config: dict[str, Any]) -> str:
     """One id per configuration (method and hyperparameters, whatever the seed): the same on a
     search trial and on each seed that confirms it."""
@@ -117,8 +147,9 @@ def error_summary(trial: Trial) -> str:
 
 class TrialTracker(tune.Callback):
     """Mirrors every trial of one stage (search or confirm) into an MLflow child run of the
-    study's parent run, tagged with the stage, its configuration's id and its seed (a
-    confirmation trial's `seed`, else the study's `seed`).
+    study's parent run, named by its method and searched values, tagged with the stage, its
+    configuration's id, its seed (a confirmation trial's `seed`, else the study's `seed`) and
+    which hyperparameters were searched (`searched`: method label -> names).
 
     Run status follows the trial: RUNNING while it trains, FAILED (reason tagged) when it errors,
     RUNNING again when Tune retries it from its checkpoint, FINISHED when done, KILLED when the
@@ -126,8 +157,9 @@ class TrialTracker(tune.Callback):
     """
 
     def __init__(self, tracking_uri: str, parent_run_id: str, metric_names: list[str], epochs: int,
-                 stage: str = SEARCH, seed: int = 0) -> None:
+                 searched: dict[str, list[str]], stage: str = SEARCH, seed: int = 0) -> None:
         self.tracking_uri = tracking_uri
+        self.searched = searched
         self.parent_run_id = parent_run_id
         self.metric_names = metric_names
         self.epochs = epochs
@@ -160,10 +192,11 @@ class TrialTracker(tune.Callback):
             method = trial.config["method"]
             run = self.client.create_run(
                 self.client.get_run(self.parent_run_id).info.experiment_id,
-                run_name=f"{trial.trial_id}-{method}",
+                run_name=run_name(trial.config, self.searched[method]),
                 tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: method,
                       STAGE_TAG: self.stage, CONFIG_TAG: config_id(trial.config),
-                      SEED_TAG: str(trial.config.get("seed", self.seed))},
+                      SEED_TAG: str(trial.config.get("seed", self.seed)),
+                      SEARCHED_TAG: ",".join(self.searched[method])},
             )
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=as_params(trial_params(trial)))

@@ -15,6 +15,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis.records import short_name
 from study.space import MethodSearchSpace, first_points
 from study.spec import StudySpec
 from trainables.core.data import DataBundle
@@ -45,15 +46,37 @@ def make_scheduler(spec: StudySpec) -> TrialScheduler:
     )
 
 
-def make_searcher(spec: StudySpec) -> ConcurrencyLimiter:
+def make_searcher(spec: StudySpec, optuna_url: str | None, study_name: str) -> ConcurrencyLimiter:
+    """Optuna's TPE over the methods' space, its study kept in the database at `optuna_url`
+    (under `study_name`, for optuna-dashboard and for a resume) where one is given."""
     searcher = OptunaSearch(
         space=MethodSearchSpace(spec.methods.methods, spec.methods.registered),
         points_to_evaluate=first_points(spec.methods.methods, spec.search.first) or None,
         metric=[o.metric for o in spec.objectives],
         mode=[o.mode for o in spec.objectives],
         sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
+        storage=optuna.storages.RDBStorage(optuna_url) if optuna_url else None,
+        study_name=study_name,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
+
+
+def progress_reporter(spec: StudySpec) -> tune.CLIReporter:
+    """Tune's progress table: trial, status, method, the searched hyperparameters (short names),
+    epoch, clean and robust accuracy and time."""
+    searched = [(label, name) for label, names in spec.searched().items() for name in names]
+    shorts = [short_name(name) for _, name in searched]
+    parameters = {"method": "method"} | {
+        f"{label}/{name}": short if shorts.count(short) == 1 else f"{label}.{short}"
+        for (label, name), short in zip(searched, shorts, strict=True)}
+    return tune.CLIReporter(
+        parameter_columns=parameters,
+        metric_columns={"epoch": "epoch", "clean_acc": "clean_acc", "robust_acc": "robust_acc",
+                        "time_total_s": "time (s)"},
+        max_report_frequency=30,
+        print_intermediate_tables=True,  # its default depends on the verbosity when it is built
+        sort_by_metric=False,
+    )
 
 
 class ConfirmationPoints(Searcher):
@@ -97,18 +120,21 @@ def run_config(spec: StudySpec, storage_uri: str, name: str, callbacks: list[tun
         callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=spec.faults.max_failures),
+        progress_reporter=progress_reporter(spec),
         verbose=1,
     )
 
 
 def build_tuner(
-    spec: StudySpec, data: DataBundle, storage_uri: str, run_name: str, callbacks: list[tune.Callback]
+    spec: StudySpec, data: DataBundle, storage_uri: str, run_name: str, callbacks: list[tune.Callback],
+    optuna_url: str | None = None,
 ) -> tune.Tuner:
-    """A new search Tuner over `spec`, writing results and checkpoints to `storage_uri/run_name`."""
+    """A new search Tuner over `spec`, writing results and checkpoints to `storage_uri/run_name`
+    and Optuna's study to `optuna_url` (a database URL) where given."""
     return tune.Tuner(
         make_trainable(spec.settings(), data, trial_resources(spec)),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec),
+            search_alg=make_searcher(spec, optuna_url, run_name),
             scheduler=make_scheduler(spec),
             num_samples=spec.search.num_samples,
             reuse_actors=True,  # trials of a study share resources: skip a process start per trial

@@ -26,7 +26,7 @@ def test_front_keeps_only_full_budget_non_dominated_trials() -> None:
     assert list(front["run_id"]) == ["b", "f", "a", "g"]
     table = front_table(front)
     assert list(table.columns) == ["method", "hyperparameters", "clean_acc", "search_robust", "warn", "run_id"]
-    assert table.loc[0, "hyperparameters"] == "epsilon=1.5"
+    assert table.loc[0, "hyperparameters"] == "eps=1.5"
 
 
 def test_the_final_strong_evaluation_is_the_robust_axis_and_shows_beside_the_search_metric() -> None:
@@ -45,10 +45,11 @@ def test_the_final_strong_evaluation_is_the_robust_axis_and_shows_beside_the_sea
     assert (table.loc[0, "search_robust"], table.loc[0, "final_robust"], table.loc[0, "warn"]) == (0.33, 0.24, "!")
 
 
-def test_hyperparameters_left_to_their_rule_are_not_shown() -> None:
+def test_hyperparameters_show_what_was_searched_in_short_form() -> None:
     row = pd.Series({"params.hp.epsilon": "0.31043", "params.hp.step_size": "None", "params.hp.clip": "True",
-                     "params.hp.steps": "5", "params.resources.cpu": "1"})
-    assert hyperparameters(row) == "clip=True, epsilon=0.3104, steps=5"
+                     "params.hp.steps": "5", "params.hp.model.gamma": "12.345", "params.resources.cpu": "1"})
+    assert hyperparameters(row) == "clip=True, eps=0.31, gamma=12.3, steps=5", "recorded without `searched`: all"
+    assert hyperparameters(pd.concat([row, pd.Series({"searched": "epsilon,model.gamma"})])) == "eps=0.31, gamma=12.3"
 
 
 def test_empty_study_has_an_empty_front() -> None:

@@ -20,7 +20,7 @@ def test_runs_of_trials_tune_no_longer_knows_are_retired_not_lost(tmp_path: Path
     runs = {t: client.create_run(experiment, tags={PARENT_TAG: parent, TRIAL_TAG: t}).info.run_id for t in ("a", "b")}
     client.log_metric(runs["b"], "train_loss", 1.5, step=1)
 
-    TrialTracker(uri, parent, ["train_loss"], epochs=2).retire_orphans({"a"})
+    TrialTracker(uri, parent, ["train_loss"], epochs=2, searched={}).retire_orphans({"a"})
 
     assert list(trial_runs(client, parent)["run_id"]) == [runs["a"]]
     assert client.get_run(runs["a"]).info.status == "RUNNING"
