@@ -133,13 +133,32 @@ def test_pgd_inside_a_lipconvnet_certificate_never_changes_the_prediction(tiny_f
         assert torch.equal(model(attacked).argmax(1), yc), "an attack inside the radius changed a certified prediction"
 
 
-def test_certificate_regularization_raises_the_radius_in_the_loss() -> None:
+@pytest.mark.parametrize("head", ["plain", "lln"])
+def test_certificate_regularization_rewards_the_true_labels_radius_only(head: str) -> None:
+    """singlasahil14/SOC: loss - cr * mean(relu(cert)), cert the true label's margin over the
+    best other class, / (sqrt2 L) (plain) or per class pair / (||w_y - w_j|| L) with the
+    normalized last rows (LLN): a misclassified point adds nothing."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig("lipconvnet", {"depth": 5, "init_channels": 4, "head": "lln"}), TINY)
-    model.eval()  # no power-iteration step between the three forwards below
-    x, y = torch.rand(6, *TINY.shape), torch.randint(0, 10, (6,))
+    model = build_model(ModelConfig("lipconvnet", {"depth": 5, "init_channels": 4, "head": head}), TINY).double()
+    model.eval()  # no power-iteration step between the forwards below
+    x, y = torch.rand(64, *TINY.shape, dtype=torch.float64), torch.randint(0, 10, (64,))
     context = StepContext(epoch=0, step=0, generator=torch.Generator())
     plain = build_method("lipschitz", {"cr": 0.0}).loss(model, x, y, context)
     regularized = build_method("lipschitz", {"cr": 0.5}).loss(model, x, y, context)
-    _, radius = model.certify(x)
-    assert float(plain - regularized) == pytest.approx(0.5 * float(radius.clamp(min=0).mean()), rel=1e-4)
+    with torch.no_grad():
+        z, bound = model(x), model.lipschitz_bound()
+        others = torch.arange(10) != y[:, None]
+        gaps = z.gather(1, y[:, None]) - z
+        if head == "plain":
+            by_hand = gaps[others].view(64, 9).min(1).values / (2 ** 0.5 * bound)
+        else:
+            w = model.body[-1].weight / model.body[-1].weight.norm(dim=1, keepdim=True)
+            pair = (w[y][:, None, :] - w[None, :, :]).norm(dim=2)
+            by_hand = (gaps[others] / pair[others]).view(64, 9).min(1).values / bound
+    wrong = z.argmax(1) != y
+    assert wrong.sum() >= 40, "an untrained model: most points misclassified, as in the reference comparison"
+    assert float((plain - regularized).detach()) == pytest.approx(0.5 * float(by_hand.clamp(min=0).mean()), rel=1e-9)
+    assert (by_hand[wrong] <= 0).all(), "the true label's radius of a misclassified point is negative"
+    with torch.no_grad():
+        predicted = model.certify(x)[1].mean()
+    assert float(predicted) > 2 * float(by_hand.clamp(min=0).mean()), "the predicted class's rewards wrong points"

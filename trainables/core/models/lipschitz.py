@@ -93,11 +93,12 @@ class CurvatureHead(nn.Module):
             self.power_vector.copy_(v)
         return (w @ v).norm()
 
-    def radius(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """(logits, the l2 radius around the features z within which the prediction holds)."""
+    def radius(self, z: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(logits, the l2 radius around the features z within which class `labels` (default:
+        the predicted one) keeps the top logit; 0 where another class already beats it)."""
         pre = self.linear1(z)
         logits = self.linear2(F.softplus(pre, beta=self.beta))
-        top = logits.argmax(1)
+        top = logits.argmax(1) if labels is None else labels
         w2 = self.linear2.weight
         d = w2[top][:, None, :] - w2[None, :, :]  # B x K x hidden
         margin = logits.gather(1, top[:, None]) - logits  # B x K
@@ -153,22 +154,25 @@ class LipschitzNet(nn.Module):
         bound = math.prod(m.norm_bound() for n, m in layers.items() if hasattr(m, "norm_bound") and n not in heads)
         return bound * math.prod(operator_norm(layers[n], shape) for n, shape in shapes.items() if n not in heads)
 
-    def certify(self, x: Tensor, fresh: bool = True) -> tuple[Tensor, Tensor]:
-        """(logits, per example the l2 radius within which the predicted class cannot change);
-        differentiable, for certificate regularization (`fresh`: see lipschitz_bound)."""
+    def certify(self, x: Tensor, fresh: bool = True, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(logits, per example the l2 radius within which class `labels` (default: the
+        predicted one) keeps the top logit, negative (0 for the MLP head) where another class
+        already beats it); differentiable, for certificate regularization, which certifies the
+        true labels as Singla & Feizi's `ortho_certificates` / `lln_certificates` do (`fresh`:
+        see lipschitz_bound)."""
         bound = self.lipschitz_bound(fresh)
         if self.head == "mlp":
-            logits, radius = self.body[-1].radius(self.body[:-1](x))
+            logits, radius = self.body[-1].radius(self.body[:-1](x), labels)
             return logits, radius / bound
         logits = self.body(x)
-        top = logits.argmax(1)
-        if self.head == "lln":
-            weight = F.normalize(self.body[-1].weight, dim=1)
-            gaps = logits.gather(1, top[:, None]) - logits  # B x K
-            distances = (weight[top][:, None, :] - weight[None, :, :]).norm(dim=2)  # B x K
-            ratios = torch.where(distances > 0, gaps / distances.clamp_min(1e-12), torch.inf)
-            return logits, ratios.min(1).values / bound
         if logits.shape[1] == 1:  # a regression has no class to change to: its target decides
             return logits, torch.full_like(logits[:, 0], torch.inf)
-        best_two = logits.topk(2, dim=1).values
-        return logits, (best_two[:, 0] - best_two[:, 1]) / (2 ** 0.5 * bound)
+        target = logits.argmax(1) if labels is None else labels
+        gaps = logits.gather(1, target[:, None]) - logits  # B x K
+        if self.head == "lln":
+            weight = F.normalize(self.body[-1].weight, dim=1)
+            distances = (weight[target][:, None, :] - weight[None, :, :]).norm(dim=2)  # B x K
+            ratios = torch.where(distances > 0, gaps / distances.clamp_min(1e-12), torch.inf)
+            return logits, ratios.min(1).values / bound
+        own_class = F.one_hot(target, logits.shape[1]).bool()
+        return logits, gaps.masked_fill(own_class, torch.inf).min(1).values / (2 ** 0.5 * bound)
