@@ -16,7 +16,10 @@ from trainables.core.methods import Combined, StepContext, build_method
 from trainables.core.methods.adv_perturbation import class_ascent, perturbation_penalty
 from trainables.core.methods.gradient_penalty import steepest_examples, supremum_gradient_penalty
 from trainables.core.methods.loss_gradients import loss_and_input_gradient
+from trainables.core.presets import PRESETS
+from trainables.core.schema import parse
 from trainables.core.spectral import layer_maps, power_iteration, record_input_shapes, spectral_layers
+from trainables.core.train import TrainConfig
 
 CTX = StepContext(epoch=0, step=0, generator=torch.Generator().manual_seed(0))
 K = 3
@@ -169,6 +172,21 @@ def operator_norms(model: nn.Module, shapes: dict, mode: str) -> list[float]:
     return norms
 
 
+def test_the_sn_radius_and_the_lr_steps_follow_the_reference_epoch_numbering() -> None:
+    """kernel_reg main.py: `for epoch in range(scheduler.last_epoch + 1, 501)` after a fresh
+    StepLR (last_epoch 0), `scheduler.step()` first in each epoch, tau * (1 + 4 exp(-epoch /
+    kappa)) after each step: epochs 1 .. 500, the first radius 3.43 tau at kappa 2."""
+    sn = build_method("clean+sn_projection", {"tau": 1.0, "kappa": 2.0}).parts[1]
+    assert sn.radius(0) == pytest.approx(1 + 4 * math.exp(-0.5)) == pytest.approx(3.4261, abs=1e-4)
+    train = parse(TrainConfig, PRESETS.get("cifar10small1000_vgg")["train"], "train")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = torch.optim.lr_scheduler.StepLR(optimizer, step_size=40, gamma=0.5)
+    for epoch in range(500):  # the project's 0-based epoch; the reference's is epoch + 1
+        reference.step()
+        assert train.schedule.multiplier(epoch + 0.5) == pytest.approx(optimizer.param_groups[0]["lr"]), epoch
+    assert train.epochs == 500
+
+
 @pytest.mark.parametrize("mode", ["reshaped", "operator"])
 def test_sn_projection_keeps_every_weight_within_the_scheduled_radius(mode: str) -> None:
     model = tiny_cnn()
@@ -181,7 +199,7 @@ def test_sn_projection_keeps_every_weight_within_the_scheduled_radius(mode: str)
     shapes = record_input_shapes(model, x)
     for epoch in range(3):
         ctx = StepContext(epoch=epoch, step=epoch, generator=torch.Generator().manual_seed(0))
-        radius = 0.3 * (1 + 4 * math.exp(-epoch / 2.0))
+        radius = 0.3 * (1 + 4 * math.exp(-(epoch + 1) / 2.0))  # the reference's epochs count from 1
         assert method.parts[1].radius(epoch) == pytest.approx(radius)
         optimizer.zero_grad()
         method.loss(model, x, y, ctx).backward()

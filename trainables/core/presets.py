@@ -4,7 +4,10 @@
 The kernel_reg presets follow the reference's experiment.py and main.py: CIFAR-10 (the first
 1000 / 5000 of the seeded shuffle, validation on the last 10k, or all 50k), VGG-11 (lr 0.05) or
 ResNet-18 (lr 0.1) without batch norm, SGD momentum 0.9, batch 128 (test 256), lr halved every
-40 epochs on subsets and 30 on the full set, 501 epochs, random crop 4 + flip unless `_no_aug`.
+40 epochs on subsets and 30 on the full set counted from epoch 1 as the reference's StepLR,
+stepped before each epoch, counts them (so the first halving follows epoch 39 or 29), 500
+epochs (the reference's epochs 1 .. 500 of `--num_epochs 501`), random crop 4 + flip unless
+`_no_aug`.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ def kernel_reg_preset(examples: int | None, model: str, augment: bool) -> dict[s
         },
         "model": {"name": model},
         "train": {
-            "epochs": 501,
+            "epochs": 500,
             "batch_size": 128,
             "optimizer": "sgd",
             "lr": 0.05 if model == "vgg11" else 0.1,
             "momentum": 0.9,
-            "schedule": {"kind": "step", "step_epochs": 40 if subset else 30, "gamma": 0.5},
+            "schedule": {"kind": "step", "step_epochs": 40 if subset else 30, "gamma": 0.5, "epoch_offset": 1},
         },
         "eval": {"batch_size": 256},
     }

@@ -37,6 +37,9 @@ class ScheduleConfig:
 
     `step`: gamma ** floor(epoch / step_epochs). `piecewise_linear`: linear between
     (milestones[i], values[i]), e.g. milestones [0, 5, 30], values [0.1, 1, 0] (a warm-up then decay).
+    `epoch_offset` is added to the (0-based) epoch first: 1 reproduces kernel_reg, whose StepLR
+    is stepped before each epoch, so its first epoch is epoch 1 and each decay comes one epoch
+    earlier than with 0.
     """
 
     kind: Literal["constant", "step", "piecewise_linear"] = "constant"
@@ -44,9 +47,11 @@ class ScheduleConfig:
     gamma: float = 0.5
     milestones: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
+    epoch_offset: int = 0
 
     def check(self, path: str) -> None:
         require(self.step_epochs >= 1, f"{path}.step_epochs", f"must be >= 1, got {self.step_epochs}")
+        require(self.epoch_offset >= 0, f"{path}.epoch_offset", f"must be >= 0, got {self.epoch_offset}")
         if self.kind == "piecewise_linear":
             require(len(self.milestones) >= 2 and len(self.milestones) == len(self.values),
                     f"{path}.milestones", "piecewise_linear needs >= 2 milestones and as many values")
@@ -54,6 +59,7 @@ class ScheduleConfig:
                     f"{path}.milestones", f"must increase, got {self.milestones}")
 
     def multiplier(self, epoch: float) -> float:
+        epoch += self.epoch_offset
         if self.kind == "step":
             return self.gamma ** math.floor(epoch / self.step_epochs)
         if self.kind == "piecewise_linear":

@@ -2,7 +2,8 @@
 (`pgd_l2+sn_projection`, `clean+sn_penalty`). Both act on every conv and linear weight.
 
 `sn_projection`: after every optimizer step, clip each weight's singular values at
-tau_t = tau * (1 + 4 exp(-t / kappa)) (t the epoch: 5 tau at first, decaying to tau). In
+tau_t = tau * (1 + 4 exp(-t / kappa)) (t the epoch, numbered from 1 as in the reference: 3.43 tau
+at first with kappa 2, decaying to tau). In
 `operator` mode a convolution is rescaled so that its true operator norm is at most tau_t.
 `sn_penalty`: lambda_sn * sum_layers sigma_1^2, sigma_1 = u^T W v with u, v from `iterations`
 power iterations warm-started from a persistent vector per layer (saved in checkpoints), or from
@@ -86,7 +87,9 @@ class SnProjection(SpectralControl):
     source = "kernel_reg (--project_sn): singular values clipped after every step"
 
     def radius(self, epoch: int) -> float:
-        return self.hp["tau"] * (1 + 4 * math.exp(-epoch / self.hp["kappa"]))
+        """The radius in (0-based) `epoch`: the reference numbers epochs from 1, so the first
+        epoch's is tau (1 + 4 exp(-1 / kappa)), 3.43 tau at kappa 2."""
+        return self.hp["tau"] * (1 + 4 * math.exp(-(epoch + 1) / self.hp["kappa"]))
 
     def penalty(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> float:
         self.prepare(model, x)
