@@ -3,9 +3,11 @@
     python -m study.evaluate --tracking-uri URI --run-id TRIAL_RUN_ID [--eval strong | EVAL.yaml]
     python -m study.evaluate --checkpoint runs/STUDY/TRIAL/checkpoint_000009 --spec runs/STUDY/spec.yaml
 
-By default the kernel_reg reference's: full test set; clean accuracy; untargeted l2 PGD from
-delta = 0, 100 steps of fixed length 0.5, at eps 0.1, 0.5, 1.0, 1.5; linf PGD from delta = 0, 100
-sign steps of 0.01, at eps 1, 2, 5, 8 /255. `--eval strong` runs AutoAttack (standard) and the
+By default the kernel_reg reference's (compute_adv.py): full test set; clean accuracy;
+untargeted l2 PGD from delta = 0, 100 steps of fixed length 0.5, at eps 0.1, 0.5, 1.0, 1.5;
+linf PGD from a uniform random point of the box, 100 sign steps of 0.01, at eps 1, 2, 5, 8 /255
+(each adversarial example still re-verified: inside [0, 1], which the reference does not ask).
+`--eval strong` runs AutoAttack (standard) and the
 minimum-norm attacks at every norm and eps the study's spec evaluates (and the certificate check
 for a Lipschitz-bounded model), with a progress bar. `--eval EVAL.yaml` takes any evaluation
 instead, written as a spec's `eval:` section. With --run-id the model is the run's final weights
@@ -54,7 +56,7 @@ def reference_evaluation(examples: int | None, steps: int, batch_size: int) -> E
     return EvalConfig(
         split="test", examples=examples, batch_size=batch_size,
         items=[AttackEval(attack="pgd_l2", eps=L2_EPS, steps=steps, step_size=0.5),
-               AttackEval(attack="pgd_linf", eps=LINF_EPS, steps=steps, step_size=0.01)],
+               AttackEval(attack="pgd_linf", eps=LINF_EPS, steps=steps, step_size=0.01, random_start=True)],
     )
 
 

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from trainables.core.attacks import ATTACKS
+from trainables.core.attacks import ATTACKS, pgd
 from trainables.core.evaluation.base import EVALUATIONS, Batch, check_eps, curve_area, metric_name, verified
 from trainables.core.evaluation.item import Item
 from trainables.core.schema import require
@@ -22,9 +22,11 @@ DEFAULT_STEPS = 20
 @dataclass
 class AttackEval(Item):
     """Robust accuracy under a gradient attack at each eps: pgd_l2, pgd_linf (`steps`, default
-    20; `step_size`, default 2.5 * eps / steps; `restarts`, the first from delta = 0, the others
-    from random points of the ball; `loss`: ce, or the margins dlr and cw; `best_iterate`: an
-    example is broken if any iterate is misclassified), or the one-step fgsm and fgm.
+    20; `step_size`, default 2.5 * eps / steps; `restarts`, the first from delta = 0 (from a
+    random point of the ball too with `random_start`, as kernel_reg's linf evaluation starts),
+    the others from random points of the ball, drawn from the evaluation's seeded generator;
+    `loss`: ce, or the margins dlr and cw; `best_iterate`: an example is broken if any iterate is
+    misclassified), or the one-step fgsm and fgm.
     `targeted`: each example is pushed towards a random other class (drawn from the
     evaluation's seeded generator). Every adversarial example is re-verified before it counts."""
 
@@ -35,6 +37,7 @@ class AttackEval(Item):
     step_size: float | None = None
     targeted: bool = False
     restarts: int = 1
+    random_start: bool = False
     loss: Literal["ce", "dlr", "cw"] = "ce"
     best_iterate: bool = True
     uses_gradients = True
@@ -43,8 +46,9 @@ class AttackEval(Item):
         ATTACKS.get(self.attack, f"{path}.attack")
         check_eps(self.eps, path)
         if self.attack in ONE_STEP_ATTACKS:
-            require(self.steps is None and self.step_size is None and self.restarts == 1, f"{path}.steps",
-                    f"{self.attack} takes one step of length eps; steps, step_size and restarts are for "
+            require(self.steps is None and self.step_size is None and self.restarts == 1 and not self.random_start,
+                    f"{path}.steps",
+                    f"{self.attack} takes one step of length eps; steps, step_size, restarts and random_start are for "
                     "pgd_l2 / pgd_linf")
         require(self.steps is None or self.steps > 0, f"{path}.steps", f"must be > 0, got {self.steps}")
         require(self.restarts >= 1, f"{path}.restarts", f"must be >= 1, got {self.restarts}")
@@ -62,15 +66,16 @@ class AttackEval(Item):
         return names + [f"{self.prefix}_auc"] if len(self.eps) > 1 else names
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-            target: torch.Tensor | None) -> torch.Tensor:
-        """This item's attack on one batch at one eps (also what study.transfer crafts with)."""
-        attack = ATTACKS.get(self.attack)
+            target: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """This item's attack on one batch at one eps (also what study.transfer crafts with);
+        random starts come from `generator`."""
         if self.attack in ONE_STEP_ATTACKS:
-            return attack(model, x, y, eps=eps, target=target)
+            return ATTACKS.get(self.attack)(model, x, y, eps=eps, target=target)
         steps = self.steps or DEFAULT_STEPS
         step = self.step_size if self.step_size is not None else 2.5 * eps / steps
-        return attack(model, x, y, eps=eps, steps=steps, step_size=step, target=target,
-                      loss=self.loss, restarts=self.restarts, best_iterate=self.best_iterate)
+        return pgd(model, x, y, eps, steps, step, norm=self.norm, target=target, loss=self.loss,
+                   restarts=self.restarts, random_init=self.random_start, generator=generator,
+                   best_iterate=self.best_iterate)
 
     def correct(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Per eps the count of examples correct clean and not broken by a verified example."""
@@ -82,7 +87,7 @@ class AttackEval(Item):
         counts = {}
         for eps in self.eps:
             with torch.enable_grad():
-                x_adv = self.run(batch.model, batch.x, batch.y, eps, target)
+                x_adv = self.run(batch.model, batch.x, batch.y, eps, target, batch.generator)
             broken = verified(batch.model, batch.x, x_adv, batch.y, self.norm, eps)
             counts[metric_name(self.prefix, eps)] = (batch.clean_ok & ~broken).sum()
         return counts
