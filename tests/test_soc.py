@@ -24,6 +24,8 @@ from trainables.core.layers.soc import (
 )
 from trainables.core.methods import StepContext, build_method
 from trainables.core.models import ModelConfig, build_model
+from trainables.core.models.lipconvnet import input_scale
+from trainables.core.registry import ConfigError
 from trainables.core.train import RunSettings, TrainConfig, fit
 
 
@@ -100,7 +102,7 @@ def test_a_lipconvnet_never_exceeds_the_product_of_its_layer_bounds(head: str, a
                                                    "activation": activation, "pool": pool}), TINY).double()
     model.eval()
     bound = model.lipschitz_bound()
-    assert 1.0 <= bound < 1.001, "the SOC layers are orthogonal up to the series remainder"
+    assert 1.0 <= bound * TINY.std[0] < 1.001, "1 / input_std, then orthogonal SOC layers up to the series remainder"
     features = model.body if head == "plain" else model.body[:-1]
     for _ in range(3):
         x = torch.rand(*TINY.shape, dtype=torch.float64)
@@ -162,3 +164,23 @@ def test_certificate_regularization_rewards_the_true_labels_radius_only(head: st
     with torch.no_grad():
         predicted = model.certify(x)[1].mean()
     assert float(predicted) > 2 * float(by_hand.clamp(min=0).mean()), "the predicted class's rewards wrong points"
+
+
+def test_input_std_divides_the_centred_inputs_and_the_bound_follows() -> None:
+    """SOC's model sees (x - mean) / 0.2507 on CIFAR-10 (the mean of the channel stds) and its
+    Lipschitz constant gains the factor 1 / 0.2507; `none` keeps the centring alone."""
+    cifar = DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    by_hand = (0.2470 + 0.2435 + 0.2616) / 3
+    assert input_scale(cifar, "mean") == pytest.approx(by_hand) == pytest.approx(0.2507, abs=1e-4)
+    torch.manual_seed(0)
+    options = {"depth": 5, "init_channels": 4, "head": "lln"}
+    scaled = build_model(ModelConfig("lipconvnet", {**options, "input_std": 0.2}), TINY).double().eval()
+    plain = build_model(ModelConfig("lipconvnet", {**options, "input_std": "none"}), TINY).double().eval()
+    plain.load_state_dict(scaled.state_dict())
+    x = torch.rand(4, *TINY.shape, dtype=torch.float64)
+    mean = TINY.mean[0]
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(x), plain(mean + (x - mean) / 0.2))
+    assert scaled.lipschitz_bound() == pytest.approx(plain.lipschitz_bound() / 0.2)
+    with pytest.raises(ConfigError, match="model.input_std: 'median' is not allowed; allowed: mean, none"):
+        build_model(ModelConfig("lipconvnet", {**options, "input_std": "median"}), TINY)

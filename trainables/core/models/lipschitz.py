@@ -38,14 +38,20 @@ def check_options(model: str, info_shape: tuple[int, ...], side_multiple: int,
 
 
 class Center(nn.Module):
-    """x - mean per channel: no division by the std, which would scale the bound."""
+    """(x - mean per channel) / `std`, one scalar (default 1: a shift only). A scalar keeps the
+    certificate in pixel units: the layer's Lipschitz constant, 1 / std, enters the bound
+    (`norm_bound`), as SOC's L = 1 / std does."""
 
-    def __init__(self, mean: tuple[float, ...]) -> None:
+    def __init__(self, mean: tuple[float, ...], std: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.std = std
 
     def forward(self, x: Tensor) -> Tensor:
-        return x - self.mean
+        return (x - self.mean) / self.std
+
+    def norm_bound(self) -> float:
+        return 1.0 / self.std
 
 
 class NormalizedLinear(nn.Linear):
