@@ -4,6 +4,7 @@ and the activations and poolings against distances they must not expand."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from trainables.core.layers.soc import (
     LipPool,
     MaxMin,
     MaxPool,
+    SecondOrderHouseholder,
     SocConv,
     exp_series,
     series_remainder,
@@ -72,8 +74,9 @@ def test_fast_training_gradients_match_autograd_within_the_stated_approximation(
     assert relative <= sigma ** 2 / 2, (relative, sigma)  # only the outermost L: second order in sigma
 
 
-@pytest.mark.parametrize("layer", [MaxMin(), HouseholderActivation(6), MaxPool(), LipPool(6)],
-                         ids=["maxmin", "hh1", "maxpool", "lippool"])
+@pytest.mark.parametrize(
+    "layer", [MaxMin(), HouseholderActivation(6), SecondOrderHouseholder(6), MaxPool(), LipPool(6)],
+    ids=["maxmin", "hh1", "hh2", "maxpool", "lippool"])
 def test_activations_and_poolings_never_expand_distances(layer: torch.nn.Module) -> None:
     torch.manual_seed(0)
     layer = layer.double()
@@ -87,8 +90,35 @@ def test_activations_and_poolings_never_expand_distances(layer: torch.nn.Module)
         assert (out <= (a - b).flatten(1).norm(dim=1) * (1 + 1e-9)).all()
     for point in x[:5]:
         assert float(torch.linalg.matrix_norm(jacobian(layer, point), ord=2)) <= 1 + 1e-9
-    if isinstance(layer, MaxMin | HouseholderActivation):
+    if isinstance(layer, MaxMin | HouseholderActivation | SecondOrderHouseholder):
         torch.testing.assert_close(layer(x).flatten(1).norm(dim=1), x.flatten(1).norm(dim=1))
+
+
+def hh2_by_hand(a: float, b: float, t0: float, t1: float, t2: float) -> tuple[float, float]:
+    """singlasahil14/improved_l2_robustness HouseHolder_Order_2 for one pair, written out."""
+    t0, t1, t2 = (min(max(t, 0.0), 2 * math.pi) for t in (t0, t1, t2))
+    phi = (math.atan2(b, a) - t0 / 2) % (2 * math.pi)
+    if phi < t1 / 2:
+        return a, b
+    if phi < (t1 + t2) / 2:
+        return a * math.cos(t0 + t1) + b * math.sin(t0 + t1), a * math.sin(t0 + t1) - b * math.cos(t0 + t1)
+    if phi < (t1 + t2 + 2 * math.pi - t1) / 2:
+        return a * math.cos(t2) + b * math.sin(t2), -a * math.sin(t2) + b * math.cos(t2)
+    return a * math.cos(t0) + b * math.sin(t0), a * math.sin(t0) - b * math.cos(t0)
+
+
+def test_hh2_matches_the_reference_formula_point_by_point() -> None:
+    torch.manual_seed(1)
+    layer = SecondOrderHouseholder(8).double()
+    with torch.no_grad():
+        layer.thetas.uniform_(-0.5, 2 * math.pi + 0.5)  # beyond [0, 2 pi]: the clamp counts
+    x = torch.randn(50, 8, dtype=torch.float64)
+    out = layer(x)
+    for row, mapped in zip(x, out, strict=True):
+        for pair in range(4):
+            t0, t1, t2 = (float(t) for t in layer.thetas[:, pair])
+            expected = hh2_by_hand(float(row[pair]), float(row[pair + 4]), t0, t1, t2)
+            assert (float(mapped[pair]), float(mapped[pair + 4])) == pytest.approx(expected, abs=1e-12)
 
 
 TINY = DatasetInfo("toy", 10, (1, 8, 8), (0.5,), (0.25,))

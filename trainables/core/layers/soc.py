@@ -165,6 +165,36 @@ class HouseholderActivation(nn.Module):
         return torch.cat([torch.where(flip, reflected_a, a), torch.where(flip, reflected_b, b)], dim=1)
 
 
+class SecondOrderHouseholder(nn.Module):
+    """HH2 (Singla & Feizi 2022): each channel pair z = (a, b) is split by its angle
+    phi = (atan2(b, a) - theta0 / 2) mod 2 pi into four sectors at theta1 / 2, (theta1 + theta2) / 2
+    and pi + theta2 / 2, which it keeps, reflects (across the line at angle (theta0 + theta1) / 2),
+    rotates (by -theta2) or reflects (across the line at theta0 / 2). Every piece is orthogonal
+    and the pieces meet on the sector boundaries, so the map is 1-Lipschitz and keeps the norm.
+    The thetas start uniform in [0, pi) and are used clamped to [0, 2 pi]."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.thetas = nn.Parameter(math.pi * torch.rand(3, channels // 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = x.chunk(2, dim=1)
+        shape = (1, -1, *([1] * (x.dim() - 2)))
+        theta0, theta1, theta2 = (t.clamp(0.0, 2 * math.pi).view(shape) for t in self.thetas)
+        phi = torch.remainder(torch.atan2(b, a) - theta0 / 2, 2 * math.pi)
+
+        def reflect(angle: Tensor) -> tuple[Tensor, Tensor]:
+            return a * torch.cos(angle) + b * torch.sin(angle), a * torch.sin(angle) - b * torch.cos(angle)
+
+        rotated = (a * torch.cos(theta2) + b * torch.sin(theta2), -a * torch.sin(theta2) + b * torch.cos(theta2))
+        pieces = [(a, b), reflect(theta0 + theta1), rotated, reflect(theta0)]
+        sector = ((phi >= theta1 / 2).long() + (phi >= (theta1 + theta2) / 2).long()
+                  + (phi >= math.pi + theta2 / 2).long())
+        out_a = sum(torch.where(sector == k, piece[0], 0.0) for k, piece in enumerate(pieces))
+        out_b = sum(torch.where(sector == k, piece[1], 0.0) for k, piece in enumerate(pieces))
+        return torch.cat([out_a, out_b], dim=1)
+
+
 class MaxPool(nn.Module):
     """Channel pooling of pairs: max(a, b), 1-Lipschitz."""
 

@@ -13,7 +13,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainables.core.data import DatasetInfo
-from trainables.core.layers.soc import HouseholderActivation, LipPool, MaxMin, MaxPool, SocConv
+from trainables.core.layers.soc import (
+    HouseholderActivation,
+    LipPool,
+    MaxMin,
+    MaxPool,
+    SecondOrderHouseholder,
+    SocConv,
+)
 from trainables.core.models import MODELS
 from trainables.core.models.lipschitz import (
     LIPSCHITZ_MODELS,
@@ -25,7 +32,7 @@ from trainables.core.models.lipschitz import (
 )
 from trainables.core.registry import ConfigError
 
-ACTIVATIONS = {"maxmin": lambda channels: MaxMin(), "hh1": HouseholderActivation}
+ACTIVATIONS = {"maxmin": lambda channels: MaxMin(), "hh1": HouseholderActivation, "hh2": SecondOrderHouseholder}
 POOLS = {"max": lambda channels: MaxPool(), "lip": LipPool}
 HEADS = ("plain", "lln", "mlp")
 
@@ -56,7 +63,7 @@ def input_scale(info: DatasetInfo, input_std: float | str | None) -> float:
 def lipconvnet(info: DatasetInfo, depth: int = 10, init_channels: int = 32, activation: str = "maxmin",
                pool: str = "max", head: str = "plain", fast: bool = False, hidden: int = 4096,
                train_terms: int = 6, eval_terms: int = 15, input_std: float | str = "mean") -> nn.Module:
-    """`depth`: N in 5, 10, ..., 40; `activation`: maxmin | hh1; `pool`: max | lip; `head`:
+    """`depth`: N in 5, 10, ..., 40; `activation`: maxmin | hh1 | hh2; `pool`: max | lip; `head`:
     plain | lln | mlp (`hidden` units); `fast`: SOC's fast-training backward; the series
     has `train_terms` terms in training and `eval_terms` in evaluation; `input_std`: the inputs,
     centred, are divided by one scalar, `mean` (the reference's: the mean of the data set's
