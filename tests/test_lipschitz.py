@@ -63,6 +63,29 @@ def test_a_whole_model_never_exceeds_its_bound(name: str, options: dict, head: s
         assert norm <= bound * (1 + 1e-4), (norm, bound)
 
 
+NORMALIZED = DatasetInfo("toy", 10, (2, 8, 8), (0.5, 0.4), (0.2, 0.3))
+
+
+@pytest.mark.parametrize(("name", "options"), [("kwl", {"layer": "sandwich"}), ("kwl", {"layer": "plain"}),
+                                               ("sll_resnet", {"size": "tiny"}), ("dnn", {"head": "plain"})])
+def test_normalized_inputs_keep_the_bound_in_pixel_units(name: str, options: dict) -> None:
+    """LBDN's `normalized`: (x - mean) / std per channel inside the model; the bound in pixel
+    units is the network's times 1 / min(std), and no input Jacobian exceeds it."""
+    torch.manual_seed(0)
+    normalized = build_model(ModelConfig(name, {**options, "gamma": 2.0, "normalized": True}), NORMALIZED).double()
+    centred = build_model(ModelConfig(name, {**options, "gamma": 2.0}), NORMALIZED).double()
+    centred.load_state_dict(normalized.state_dict())
+    normalized.eval()
+    centred.eval()
+    mean, std = torch.tensor(NORMALIZED.mean).view(-1, 1, 1), torch.tensor(NORMALIZED.std).view(-1, 1, 1)
+    x = torch.rand(3, *NORMALIZED.shape, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(normalized(x), centred(mean + (x - mean) / std))
+    assert normalized.lipschitz_bound() == pytest.approx(centred.lipschitz_bound() / 0.2)
+    for point in x:
+        assert model_jacobian_norm(normalized, point) <= normalized.lipschitz_bound() * (1 + 1e-4)
+
+
 @pytest.mark.parametrize(("layer", "head"), [("sandwich", "plain"), ("aol", "lln"), ("orthogon", "plain")])
 def test_pgd_inside_the_certified_radius_never_changes_a_certified_prediction(
     tiny_fashion_root: Path, layer: str, head: str

@@ -14,13 +14,15 @@ from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, Lipschitz
 
 
 @MODELS.register("dnn")
-def dnn(info: DatasetInfo, gamma: float = 1.0, head: str = "lln") -> nn.Module:
-    """`gamma`: the certified l2 bound; `head`: lln (the reference's) | plain."""
+def dnn(info: DatasetInfo, gamma: float = 1.0, head: str = "lln", normalized: bool = False) -> nn.Module:
+    """`gamma`: the certified l2 bound after the input scaling; `head`: lln (the reference's) |
+    plain; `normalized`: inputs divided by the per-channel std (LBDN's option; the bound in
+    pixel units gains 1 / min std)."""
     channels, n, _ = info.shape
     widths = [64, 128, 256] + ([512] if n >= 64 else [])
     check_options("dnn", info.shape, 2 ** len(widths), {"head": (head, ("lln", "plain"))}, gamma)
     g = gamma ** 0.5
-    layers: list[nn.Module] = [Center(info.mean)]
+    layers: list[nn.Module] = [Center(info.mean, info.std if normalized else 1.0)]
     cin, size = channels, n
     for i, width in enumerate(widths):
         layers += [SandwichConv(cin, width, size, 1, g if i == 0 else 1.0), SandwichConv(width, width, size, 2)]

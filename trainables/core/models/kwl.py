@@ -18,16 +18,18 @@ WIDTHS = {"small": 1, "medium": 2, "large": 4}
 
 @MODELS.register("kwl")
 def kwl(info: DatasetInfo, layer: str = "sandwich", size: str = "small", gamma: float = 1.0,
-        head: str = "plain") -> nn.Module:
+        head: str = "plain", normalized: bool = False) -> nn.Module:
     """`layer`: a layer family; `size`: small | medium | large; `gamma`: the certified l2
-    Lipschitz bound (ignored by `plain`, whose bound is measured); `head`: plain | lln."""
+    Lipschitz bound of the network after its input scaling (ignored by `plain`, whose bound is
+    measured); `head`: plain | lln; `normalized`: LBDN's option, inputs divided by the data
+    set's per-channel std inside the model (the bound in pixel units gains 1 / min std)."""
     family = LAYERS.get(layer, "model.layer")
     check_options("kwl", info.shape, 4, {"size": (size, tuple(WIDTHS)), "head": (head, ("plain", "lln"))}, gamma)
     channels, n, _ = info.shape
     w, g = WIDTHS[size], gamma ** 0.5 if family.certified else 1.0
     lln = head == "lln"
     layers = [
-        Center(info.mean),
+        Center(info.mean, info.std if normalized else 1.0),
         family.conv(channels, 32 * w, n, 1, g),
         family.conv(32 * w, 32 * w, n, 2, 1.0),
         family.conv(32 * w, 64 * w, n // 2, 1, 1.0),

@@ -38,20 +38,21 @@ def check_options(model: str, info_shape: tuple[int, ...], side_multiple: int,
 
 
 class Center(nn.Module):
-    """(x - mean per channel) / `std`, one scalar (default 1: a shift only). A scalar keeps the
-    certificate in pixel units: the layer's Lipschitz constant, 1 / std, enters the bound
-    (`norm_bound`), as SOC's L = 1 / std does."""
+    """(x - mean) / std per channel: `std` one scalar (default 1: a shift only; SOC's scalar) or
+    one per channel (LBDN's `normalized`). The layer's Lipschitz constant, 1 / min(std), enters
+    the bound (`norm_bound`), so certificates stay in pixel units."""
 
-    def __init__(self, mean: tuple[float, ...], std: float = 1.0) -> None:
+    def __init__(self, mean: tuple[float, ...], std: float | tuple[float, ...] = 1.0) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.std = std
+        stds = (std,) if isinstance(std, int | float) else tuple(std)
+        self.register_buffer("std", torch.tensor(stds).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
 
     def norm_bound(self) -> float:
-        return 1.0 / self.std
+        return 1.0 / float(self.std.min())
 
 
 class NormalizedLinear(nn.Linear):
@@ -138,8 +139,8 @@ class LipschitzNet(nn.Module):
     def lipschitz_bound(self, fresh: bool = True) -> float:
         """`measured_bound()`, cached until a parameter or buffer changes in place; with `fresh`
         false, the last one measured (a training regularizer's cheap, slightly stale view)."""
-        if self.gamma is not None:
-            return self.gamma
+        if self.gamma is not None:  # by construction, after the inputs' scaling
+            return self.gamma * math.prod(m.norm_bound() for m in self.body.modules() if isinstance(m, Center))
         key = versions([*self.parameters(), *self.buffers()])
         if self._bound is None or (fresh and self._bound[0] != key):
             self._bound = (key, self.measured_bound())

@@ -48,14 +48,17 @@ class FirstFeatures(nn.Module):
 
 
 @MODELS.register("sll_resnet")
-def sll_resnet(info: DatasetInfo, size: str = "small", gamma: float = 1.0, head: str = "plain") -> nn.Module:
-    """`size`: tiny | small | medium | large; `gamma`: the certified l2 bound; `head`: plain | lln."""
+def sll_resnet(info: DatasetInfo, size: str = "small", gamma: float = 1.0, head: str = "plain",
+               normalized: bool = False) -> nn.Module:
+    """`size`: tiny | small | medium | large; `gamma`: the certified l2 bound after the input
+    scaling; `head`: plain | lln; `normalized`: inputs divided by the per-channel std (LBDN's
+    option; the bound in pixel units gains 1 / min std)."""
     check_options("sll_resnet", info.shape, 4, {"size": (size, tuple(SIZES)), "head": (head, ("plain", "lln"))}, gamma)
     n = info.shape[1]
     depth_conv, channels, inner, depth_linear, features = SIZES[size]
     g = gamma ** 0.5
     flat = channels * (n // 4) ** 2
-    layers = [Center(info.mean), PadChannels(channels, g)]
+    layers = [Center(info.mean, info.std if normalized else 1.0), PadChannels(channels, g)]
     layers += [SllConv(channels, inner) for _ in range(depth_conv)]
     layers += [nn.AvgPool2d(4, divisor_override=4), nn.Flatten()]
     layers += [SllFc(flat, features) for _ in range(depth_linear)]
