@@ -99,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--min-norm", choices=["l2", "linf"], help="draw the curve from the minimum-norm radii")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for curves.csv and curves.png")
     args = parser.parse_args(argv)
-    try:
-        client, parent = open_study(args)
-    except LookupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    client, parent = open_study(args)
     trials = study_trials(client, parent)
     best = best_per_method(trials[trials["stage"] == SEARCH])  # a confirmation seed is not a configuration
     if args.min_norm:

@@ -314,11 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     add_study_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for front.csv and front.png")
     args = parser.parse_args(argv)
-    try:
-        client, parent = open_study(args)
-    except LookupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    client, parent = open_study(args)
     study = write_analysis(client, parent, args.out)
     print(f"{len(study.search)} search trials, {len(study.front)} on the front ({robust_label(study.robust_metric)}):")
     print(front_table(study.front).drop(columns="run_id").to_string(index=False))

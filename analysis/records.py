@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import pandas as pd
 from mlflow.entities import Run
@@ -73,10 +74,14 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def open_study(args: argparse.Namespace) -> tuple[MlflowClient, str]:
-    """(client, parent run id) of the study that add_study_arguments' options name; raises
-    LookupError when there is none."""
+    """(client, parent run id) of the study that add_study_arguments' options name; where there
+    is none, the command exits with status 2 and one `error:` line."""
     client = MlflowClient(args.tracking_uri)
-    return client, find_study_run(client, args.experiment, args.parent_run)
+    try:
+        return client, find_study_run(client, args.experiment, args.parent_run)
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
 
 
 TRIAL_COLUMNS = ["run_id", "trial_id", "stage", "config_id", "seed", "status", "method", "budget", "eval_warning",

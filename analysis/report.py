@@ -173,11 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     add_study_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("analysis_out"), help="folder for the files")
     args = parser.parse_args(argv)
-    try:
-        client, parent = open_study(args)
-    except LookupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    client, parent = open_study(args)
     write_report(client, parent, args.out)
     print(f"wrote {args.out / 'report.html'} and the fronts, curves and hypervolume beside it; logged to run {parent}")
     return 0
