@@ -23,16 +23,12 @@ from mlflow.tracking import MlflowClient
 
 from analysis.curves import accuracy_curves, curve_areas, min_norm_curves, plot_curves
 from analysis.pareto import (
-    CLEAN,
     CONFIDENCE,
-    FINAL_ROBUST,
-    SEARCH_ROBUST,
     StudyAnalysis,
     best_per_method,
     column,
     confirmed_table,
     front_table,
-    hyperparameters,
     robust_label,
     write_analysis,
 )
@@ -56,24 +52,18 @@ def best_curves(client: MlflowClient, study: StudyAnalysis) -> tuple[pd.DataFram
 
 
 def method_table(study: StudyAnalysis) -> pd.DataFrame:
-    """Per method, its best search trial: configuration, clean, the search's robust metric (PGD),
-    the final strong one (AutoAttack), certified accuracy where a model has one, and cost."""
+    """Per method, its best search trial as the front table shows a trial (configuration, clean,
+    search and final robust accuracy, training seconds), with certified accuracy where a model
+    has one and the trial's whole compute (training and evaluation; GPU seconds on a GPU)."""
     best = best_per_method(study.search)
+    table = front_table(best).drop(columns=["warn", "run_id"])
     certified = sorted(c for c in best.columns
                        if c.startswith(("metrics.final_certified_eps", "metrics.certified_eps")))
-    table = pd.DataFrame({
-        "method": best["method"],
-        "configuration": [hyperparameters(row) for _, row in best.iterrows()],
-        "clean": best[CLEAN],
-        "search robust": best[SEARCH_ROBUST],
-        "final robust": column(best, FINAL_ROBUST),
-        **({f"certified ({robust_label(certified[0].removeprefix('metrics.'))})": best[certified[0]]}
-           if certified else {}),
-        "train (s)": column(best, "metrics.train_time_s"),
-        "train + eval (s)": column(best, "metrics.compute_time_s"),
-        "GPU seconds": column(best, "metrics.gpu_seconds"),
-    })
-    return table.dropna(axis="columns", how="all").round(3).reset_index(drop=True)
+    if certified:
+        table[f"certified ({robust_label(certified[0].removeprefix('metrics.'))})"] = best[certified[0]].to_numpy()
+    table["compute_s"] = column(best, "metrics.compute_time_s").round(1).to_numpy()
+    table["gpu_s"] = column(best, "metrics.gpu_seconds").to_numpy()
+    return table.dropna(axis="columns", how="all")
 
 
 def markdown_table(table: pd.DataFrame) -> str:
