@@ -153,8 +153,10 @@ def select_for_confirmation(trials: pd.DataFrame, top: int, per_method: bool) ->
     """The search configurations a confirm stage retrains, at most `top`: with `per_method`
     each method's best first (highest robust, then clean, accuracy: non-dominated among its
     method's), then the search front's points, each time the one that adds the most hypervolume
-    to those chosen. One row per configuration."""
-    search = trials[trials["stage"] == SEARCH].drop_duplicates("config_id")
+    to those chosen. One row per configuration (runs recorded before config ids existed count
+    as configurations of their own)."""
+    search = trials[trials["stage"] == SEARCH]
+    search = search[~search["config_id"].duplicated() | (search["config_id"] == "")]
     chosen = list(best_per_method(search).index) if per_method else []
     candidates = [i for i in pareto_front(search).index if i not in chosen]
 

@@ -93,6 +93,10 @@ def test_selection_takes_each_methods_best_then_the_largest_hypervolume_gains() 
     assert list(select_for_confirmation(trials, top=2, per_method=False)["config_id"]) == ["a", "c"]
     assert list(select_for_confirmation(trials, top=9, per_method=False)["config_id"]) == ["a", "c", "e", "b"]
     assert list(select_for_confirmation(trials, top=3, per_method=True)["config_id"]) == ["c", "d", "b"]
+    repeated = trial_frame([("search", "a", "pgd_l2", 0.80, 0.40, 0), ("search", "a", "pgd_l2", 0.80, 0.40, 0),
+                            ("search", "", "clean", 0.95, 0.05, 0), ("search", "", "gn", 0.60, 0.45, 0)])
+    chosen = select_for_confirmation(repeated, top=9, per_method=False)
+    assert list(chosen["run_id"]) == ["r0", "r3", "r2"], "one row per id; runs without an id each their own"
 
 
 def test_a_seed_sets_every_random_draw_and_repeats_exactly_on_cpu(tiny_fashion_root: Path) -> None:
