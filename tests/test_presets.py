@@ -21,7 +21,8 @@ def spec_with(tmp_path: Path, **sections: object) -> Path:
 
 def test_the_reference_presets_exist_with_and_without_augmentation() -> None:
     bases = [f"{d}_{m}" for d in ("cifar10small1000", "cifar10small5000", "cifar10") for m in ("vgg", "resnet")]
-    lbdn = {"lbdn_kwl_cifar10", "lbdn_kwl_cifar100", "lbdn_resnet_cifar10", "lbdn_dnn_cifar100", "lbdn_toy_square_wave"}
+    lbdn = {"lbdn_kwl_cifar10", "lbdn_kwl_cifar100", "lbdn_resnet_cifar10", "lbdn_dnn_cifar100", "lbdn_toy_square_wave",
+            "lbdn_kwl_tiny_imagenet", "lbdn_resnet_tiny_imagenet", "lbdn_dnn_tiny_imagenet"}
     soc = {"soc_cifar10", "soc_cifar100", "soc_fashion_mnist"}
     assert set(PRESETS.names()) == set(bases) | {f"{b}_no_aug" for b in bases} | lbdn | soc
     assert PRESETS.get("cifar10_resnet_no_aug")["data"]["augment"] == {"crop": 0, "flip": False}
@@ -55,6 +56,9 @@ def test_the_lbdn_presets_carry_the_reference_training(tmp_path: Path) -> None:
     assert spec.eval.primary_robust_metric == "certified_eps0.1412_acc"
     dnn = load_spec(spec_with(tmp_path, preset="lbdn_dnn_cifar100", methods={"lipschitz": {}}))
     assert (dnn.model.name, dnn.train.epochs, dnn.data.dataset) == ("dnn", 400, "cifar100")
+    tiny = load_spec(spec_with(tmp_path, preset="lbdn_kwl_tiny_imagenet", methods={"lipschitz": {}}))
+    assert (tiny.data.dataset, tiny.model.options, tiny.train.epochs) == (
+        "tiny_imagenet", {"size": "small", "gamma": 2.0, "normalized": True}, 100)
     toy = load_spec(spec_with(tmp_path, preset="lbdn_toy_square_wave", methods={"lipschitz": {"loss": "mse"}}))
     assert (toy.model.name, toy.train.batch_size, toy.data.augment.crop, toy.eval.examples) == ("toy", 50, 0, None)
 

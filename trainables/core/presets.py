@@ -80,6 +80,13 @@ PRESETS.register("lbdn_kwl_cifar10")(lbdn_preset("cifar10", {"name": "kwl", "siz
 PRESETS.register("lbdn_kwl_cifar100")(lbdn_preset("cifar100", {"name": "kwl", "size": "large"}, 100))
 PRESETS.register("lbdn_resnet_cifar10")(lbdn_preset("cifar10", {"name": "sll_resnet", "size": "small"}, 100))
 PRESETS.register("lbdn_dnn_cifar100")(lbdn_preset("cifar100", {"name": "dnn", "head": "lln"}, 400))
+# Tiny-ImageNet (LBDN Tables 2-4): KWL and the SLL Resnet with gamma 2 on normalized inputs for
+# 100 epochs; the DNN certification network with gamma 1 for 400 epochs.
+PRESETS.register("lbdn_kwl_tiny_imagenet")(
+    lbdn_preset("tiny_imagenet", {"name": "kwl", "size": "small", "gamma": 2.0, "normalized": True}, 100))
+PRESETS.register("lbdn_resnet_tiny_imagenet")(
+    lbdn_preset("tiny_imagenet", {"name": "sll_resnet", "size": "small", "gamma": 2.0, "normalized": True}, 100))
+PRESETS.register("lbdn_dnn_tiny_imagenet")(lbdn_preset("tiny_imagenet", {"name": "dnn", "head": "lln"}, 400))
 PRESETS.register("lbdn_toy_square_wave")(
     lbdn_preset("square_wave", {"name": "toy"}, 200, batch_size=50, augment={}, evaluation=TOY_EVAL))
 

@@ -240,4 +240,4 @@ def eval_batches(
         yield to_float(x[start:start + batch_size]), y[start:start + batch_size]
 
 
-from trainables.core.data import cifar, mnist, square_wave  # noqa: E402,F401  (register the data sets)
+from trainables.core.data import cifar, mnist, square_wave, tiny_imagenet  # noqa: E402,F401  (register the data sets)
