@@ -65,6 +65,10 @@ CERTIFIED = [name for name in LAYERS if LAYERS.get(name).certified]
 @pytest.mark.parametrize("scale", [1.0, 2.5])
 def test_every_layer_jacobian_is_within_its_bound(family: str, kind: str, scale: float) -> None:
     builders = LAYERS.get(family)
+    if kind == "conv_stride2" and builders.downsample == "pool":
+        with pytest.raises(ValueError, match="stride 1"):
+            builders.conv(2, 3, 4, 2, scale)
+        return
     torch.manual_seed(0)
     if kind in ("fc", "lin"):
         layer = perturbed(getattr(builders, kind)(6, 5, scale))
@@ -75,6 +79,13 @@ def test_every_layer_jacobian_is_within_its_bound(family: str, kind: str, scale:
     norms = [jacobian_norm(layer, x) for x in inputs]
     assert max(norms) <= scale + TOLERANCE, norms
     assert max(norms) > 0.2 * scale, "the layer is not trivially contracting"
+
+
+def test_the_sum_pooling_of_pooled_kwl_networks_is_exactly_1_lipschitz() -> None:
+    pooling = torch.nn.AvgPool2d(4, divisor_override=4)
+    x = torch.randn(3, 8, 8, dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(pooling, x).reshape(3 * 2 * 2, -1)
+    assert torch.linalg.matrix_norm(jacobian, ord=2).item() == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("layer", [SllFc(6, 9), SllConv(2, 3)])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -159,12 +159,16 @@ class LayerFamily:
     """Builders of one family's layers: `fc(fin, fout, scale)` (a hidden layer, activation
     included), `lin(fin, fout, scale)` (the last, linear), `conv(cin, cout, size, stride, scale)`
     (activation included; `size` the input's spatial size n x n; stride 2 by space-to-depth).
-    `fc_width`: the hidden width of a KWL model per unit of width, as the reference sizes it."""
+    `fc_width`: the hidden width of a KWL model per unit of width, as the reference sizes it;
+    `downsample`: how a KWL model halves the image side, by stride-2 convolutions (`stride`) or,
+    for a family whose convolutions have stride 1 only, a 4 x 4 sum pooling divided by 4 after
+    them (`pool`, 1-Lipschitz: LBDN's AOL network)."""
 
     fc: Callable[[int, int, float], nn.Module]
     lin: Callable[[int, int, float], nn.Module]
     conv: Callable[[int, int, int, int, float], nn.Module]
     fc_width: int = 640
+    downsample: Literal["stride", "pool"] = "stride"
     certified: bool = True  # False: no bound by construction (plain: measured instead)
 
 

@@ -1,7 +1,10 @@
 """AOL layers (almost-orthogonal layers, Prach & Lampert 2022): W D with
 D = diag(sum_j |W^T W|_ij)^-1/2 has spectral norm <= 1 for any W. The convolution rescales its
 output channels by the same bound on the kernel's Gram (conv2d(K, K), zero padding), as the
-LBDN reference does; D W is bounded by the same argument applied to W^T."""
+LBDN reference does; D W is bounded by the same argument applied to W^T. As in the reference,
+the convolutions have stride 1 (networks downsample by sum pooling, `downsample="pool"`) and
+weights start Xavier-normal (the output does not depend on the weights' scale, but Adam's
+relative step does)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from trainables.core.layers import LAYERS, Cached, LayerFamily, linear_init, space_to_depth, strided
+from trainables.core.layers import LAYERS, Cached, LayerFamily
+
+
+def xavier_init(weight: Tensor, bias: Tensor) -> None:
+    """The reference's initialization: Xavier-normal weights, bias uniform within 1 / sqrt(fan in)."""
+    nn.init.xavier_normal_(weight)
+    nn.init.uniform_(bias, -weight[0].numel() ** -0.5, weight[0].numel() ** -0.5)
 
 
 class AolLin(Cached):
@@ -17,7 +26,7 @@ class AolLin(Cached):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(fout, fin))
         self.bias = nn.Parameter(torch.empty(fout))
-        linear_init(self.weight, self.bias)
+        xavier_init(self.weight, self.bias)
         self.scale = scale
         self.activation = activation
 
@@ -37,11 +46,11 @@ class AolConv(Cached):
     def __init__(self, cin: int, cout: int, size: int, stride: int = 1, scale: float = 1.0,
                  kernel_size: int = 3, activation: bool = True) -> None:
         super().__init__()
-        self.stride = stride
-        cin, _, kernel_size = strided(cin, size, kernel_size, stride)
+        if stride != 1:
+            raise ValueError("AOL convolutions have stride 1; networks of AOL layers downsample by sum pooling")
         self.weight = nn.Parameter(torch.empty(cout, cin, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(cout))
-        linear_init(self.weight, self.bias)
+        xavier_init(self.weight, self.bias)
         self.scale = scale
         self.activation = activation
 
@@ -50,11 +59,9 @@ class AolConv(Cached):
         return gram.abs().sum((1, 2, 3)).rsqrt()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.stride == 2:
-            x = space_to_depth(x)
         y = F.conv2d(self.scale * x, self.weight, padding=self.weight.shape[-1] // 2)
         y = y * self.weights()[:, None, None] + self.bias[:, None, None]
         return F.relu(y) if self.activation else y
 
 
-LAYERS.register("aol")(LayerFamily(fc=aol_fc, lin=AolLin, conv=AolConv))
+LAYERS.register("aol")(LayerFamily(fc=aol_fc, lin=AolLin, conv=AolConv, downsample="pool"))

@@ -1,6 +1,8 @@
 """The KWL convolutional network of the LBDN experiments, in any registered layer family:
 conv 32w, conv 32w stride 2, conv 64w, conv 64w stride 2, FC (640w, or 512w for Sandwich),
-FC 512w, classes; w = 1 / 2 / 4 for small / medium / large. sqrt(gamma) scales the first and
+FC 512w, classes; w = 1 / 2 / 4 for small / medium / large. A family whose convolutions have
+stride 1 (AOL) downsamples as the reference's AOL network: four stride-1 convolutions, then a
+4 x 4 sum pooling divided by 4. sqrt(gamma) scales the first and
 the last layer, so the network is gamma-Lipschitz in l2 (pixel units); an `lln` head normalizes
 the last layer's rows instead (the scale moves to the layer before it)."""
 
@@ -24,16 +26,21 @@ def kwl(info: DatasetInfo, layer: str = "sandwich", size: str = "small", gamma: 
     measured); `head`: plain | lln; `normalized`: LBDN's option, inputs divided by the data
     set's per-channel std inside the model (the bound in pixel units gains 1 / min std)."""
     family = LAYERS.get(layer, "model.layer")
-    check_options("kwl", info.shape, 4, {"size": (size, tuple(WIDTHS)), "head": (head, ("plain", "lln"))}, gamma)
+    check_options("kwl", info.shape, 4, {"size": (size, tuple(WIDTHS)), "head": (head, ("plain", "lln")),
+                                       "normalized": (normalized, (False, True))}, gamma)
     channels, n, _ = info.shape
     w, g = WIDTHS[size], gamma ** 0.5 if family.certified else 1.0
     lln = head == "lln"
+    if family.downsample == "pool":
+        convolutions = [family.conv(channels, 32 * w, n, 1, g), family.conv(32 * w, 32 * w, n, 1, 1.0),
+                        family.conv(32 * w, 64 * w, n, 1, 1.0), family.conv(64 * w, 64 * w, n, 1, 1.0),
+                        nn.AvgPool2d(4, divisor_override=4)]
+    else:
+        convolutions = [family.conv(channels, 32 * w, n, 1, g), family.conv(32 * w, 32 * w, n, 2, 1.0),
+                        family.conv(32 * w, 64 * w, n // 2, 1, 1.0), family.conv(64 * w, 64 * w, n // 2, 2, 1.0)]
     layers = [
         Center(info.mean, info.std if normalized else 1.0),
-        family.conv(channels, 32 * w, n, 1, g),
-        family.conv(32 * w, 32 * w, n, 2, 1.0),
-        family.conv(32 * w, 64 * w, n // 2, 1, 1.0),
-        family.conv(64 * w, 64 * w, n // 2, 2, 1.0),
+        *convolutions,
         nn.Flatten(),
         family.fc(64 * w * (n // 4) ** 2, family.fc_width * w, 1.0),
         family.fc(family.fc_width * w, 512 * w, g if lln else 1.0),
