@@ -12,7 +12,7 @@ import torch
 
 from trainables.core.attacks import pgd_l2
 from trainables.core.data import DataConfig, DatasetInfo, load_data
-from trainables.core.evaluation import CertifiedEval, EvalConfig
+from trainables.core.evaluation import CertificateCheckEval, CertifiedEval, EvalConfig, run_evaluation
 from trainables.core.layers.soc import (
     FastExpSeries,
     HouseholderActivation,
@@ -27,6 +27,7 @@ from trainables.core.layers.soc import (
 from trainables.core.methods import StepContext, build_method
 from trainables.core.models import ModelConfig, build_model
 from trainables.core.models.lipconvnet import input_scale
+from trainables.core.models.lipschitz import CurvatureHead
 from trainables.core.registry import ConfigError
 from trainables.core.train import RunSettings, TrainConfig, fit
 
@@ -214,3 +215,110 @@ def test_input_std_divides_the_centred_inputs_and_the_bound_follows() -> None:
     assert scaled.lipschitz_bound() == pytest.approx(plain.lipschitz_bound() / 0.2)
     with pytest.raises(ConfigError, match="model.input_std: 'median' is not allowed; allowed: mean, none"):
         build_model(ModelConfig("lipconvnet", {**options, "input_std": "median"}), TINY)
+
+
+def scaled_head(features: int, hidden: int, classes: int, scale: float, seed: int = 0) -> CurvatureHead:
+    torch.manual_seed(seed)
+    head = CurvatureHead(features, hidden, classes).double().eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(scale)
+    return head
+
+
+@pytest.mark.parametrize(("features", "hidden"), [(6, 12), (12, 6)])
+def test_pair_curvatures_bound_every_hessian_and_are_the_exact_eigenvalue(features: int, hidden: int) -> None:
+    head = scaled_head(features, hidden, 4, 2.0)
+    curvatures = head.pair_curvatures()
+    w1, w2 = head.linear1.weight.detach(), head.linear2.weight.detach()
+    for a, b in [(0, 1), (2, 3), (3, 0)]:
+        positive = (w2[a] - w2[b]).clamp_min(0)
+        direct = torch.linalg.eigvalsh(w1.T @ torch.diag(positive) @ w1)[-1]
+        assert curvatures[a, b].item() == pytest.approx(0.25 * direct.item(), rel=1e-10)
+        for _ in range(5):
+            z = 3 * torch.randn(features, dtype=torch.float64)
+            hessian = torch.autograd.functional.hessian(lambda v: (head(v[None])[0, a] - head(v[None])[0, b]), z)
+            eigenvalues = torch.linalg.eigvalsh(hessian)
+            assert eigenvalues[-1] <= curvatures[a, b] + 1e-12 and eigenvalues[0] >= -curvatures[b, a] - 1e-12
+
+
+def test_the_precise_certificate_is_the_distance_when_the_boundary_is_a_hyperplane() -> None:
+    """Two classes and one hidden unit: z_0 - z_1 = softplus(w.z + b) - 0.9, zero on the
+    hyperplane w.z + b = s = log(exp(0.9) - 1), so the distance is known by hand, and so is the
+    dual variable that reaches it: eta = distance / (||w|| sigmoid(s)). Where that eta lies in the
+    searched interval [0, 1 / M] (M = ||w||^2 / 4 here) the certificate is the distance; beyond
+    it, a lower bound."""
+    head = CurvatureHead(3, 1, 2).double().eval()
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    with torch.no_grad():
+        head.linear1.weight.copy_(w[None])
+        head.linear1.bias.fill_(0.3)
+        head.linear2.weight.copy_(torch.tensor([[1.5], [0.5]]))
+        head.linear2.bias.copy_(torch.tensor([-0.9, 0.0], dtype=torch.float64))
+    torch.manual_seed(0)
+    z = torch.randn(200, 3, dtype=torch.float64)
+    with torch.no_grad():
+        logits, radius = head.precise_radius(z, outer=40, inner=10, taylor=40)
+    boundary = math.log(math.exp(0.9) - 1)
+    distance = (z @ w + 0.3 - boundary).abs() / w.norm()
+    assert head.pair_curvatures()[0, 1].item() == pytest.approx(w.norm().item() ** 2 / 4)
+    reachable = (logits.argmax(1) == 0) & (distance / (w.norm() / (1 + math.exp(-boundary))) < 0.99 / (w.norm() ** 2 / 4))
+    assert reachable.sum() >= 20 and (~reachable).sum() >= 20
+    assert (radius <= distance * (1 + 1e-9)).all()
+    torch.testing.assert_close(radius[reachable], distance[reachable], rtol=1e-4, atol=1e-8)
+
+
+def test_the_precise_certificate_is_sound_and_tighter_than_the_closed_form() -> None:
+    """Against 10 restarts of a boundary search in feature space: no point within the precise
+    radius changes class; the precise radius is the larger on most points."""
+    head = scaled_head(6, 12, 4, 3.0)
+    z = torch.randn(40, 6, dtype=torch.float64)
+    with torch.no_grad():
+        logits, precise = head.precise_radius(z)
+        _, closed = head.radius(z)
+    top = logits.argmax(1)
+    nearest = torch.full((40,), math.inf, dtype=torch.float64)
+    for restart in range(10):
+        torch.manual_seed(restart)
+        delta = (0.01 * torch.randn_like(z)).requires_grad_()
+        optimizer = torch.optim.Adam([delta], lr=0.03)
+        for _ in range(150):
+            out = head(z + delta)
+            runner_up = out.masked_fill(torch.nn.functional.one_hot(top, 4).bool(), -math.inf).max(1).values
+            gap = out.gather(1, top[:, None])[:, 0] - runner_up
+            loss = (delta.norm(dim=1) + 10 * torch.relu(gap + 1e-3)).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            flipped = head(z + delta).argmax(1) != top
+            nearest = torch.where(flipped, torch.minimum(nearest, delta.norm(dim=1)), nearest)
+    assert torch.isfinite(nearest).sum() >= 30
+    assert (precise <= nearest).all(), "a point inside the precise radius changed class"
+    assert (precise > closed).float().mean() >= 0.8 and (precise / closed).median() > 1.1
+
+
+def test_a_lipconvnet_mlp_heads_precise_certificates_pass_the_certificate_check(tiny_fashion_root: Path) -> None:
+    settings = RunSettings(
+        data=DataConfig("fashion_mnist", root=str(tiny_fashion_root), subset=200, val=0),
+        model=ModelConfig("lipconvnet", {"depth": 5, "init_channels": 4, "head": "mlp", "hidden": 32, "eval_terms": 6}),
+        train=TrainConfig(epochs=2, batch_size=50, optimizer="adam", lr=1e-2),
+        eval=EvalConfig(examples=15, items=[CertifiedEval(eps=[0.05])]),
+    )
+    data = load_data(settings.data)
+    model = fit(settings, build_method("lipschitz", {"cr": 0.1}), data)
+    eps = [0.05, 0.15]
+    config = EvalConfig(examples=15, items=[
+        CertifiedEval(eps=eps), CertifiedEval(eps=eps, certificate="precise"),
+        CertificateCheckEval(eps=eps, n_iter=10, attacks=["fmn"], certificate="precise")])
+    result = run_evaluation(model, data, config)
+    table = result.tables["certificate_check"]
+    assert (table["correct"] & (table["certified_radius"] > 0)).sum() >= 5, "train longer for a meaningful check"
+    assert result.metrics["certificate_violations"] == 0
+    with torch.no_grad():
+        x = data.test_x[:15].float() / 255
+        closed, precise = model.certify(x)[1], model.certify(x, precise=True)[1]
+    assert (precise.clamp_min(0) / closed.clamp_min(1e-12)).median() > 1.05
+    for e in eps:
+        closed_acc, precise_acc = result.metrics[f"certified_eps{e:.4g}_acc"], result.metrics[f"certified_precise_eps{e:.4g}_acc"]
+        assert closed_acc <= precise_acc <= result.metrics[f"certificate_check_eps{e:.4g}_acc"]

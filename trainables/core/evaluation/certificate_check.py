@@ -29,13 +29,15 @@ class CertificateCheckEval(Item):
     = median certified radius / median smallest adversarial distance over correctly classified
     points (1: exact; Lipschitz networks are typically 0.3-0.7). Per eps, the empirical
     accuracy these attacks leave, `certificate_check_eps{eps}_acc`: an upper bound on robust
-    accuracy that the certified accuracy at eps must not exceed."""
+    accuracy that the certified accuracy at eps must not exceed. `certificate`: which one is
+    checked (see the certified item)."""
 
     kind: Literal["certificate_check"] = "certificate_check"
     eps: list[float] = field(default_factory=lambda: list(LBDN_EPS))
     attacks: list[str] = field(default_factory=lambda: ["fmn", "ddn", "fab"])
     n_iter: int = 100
     seed: int = 0
+    certificate: Literal["closed_form", "precise"] = "closed_form"
     needs_classes = True
     needs_bound = True
 
@@ -50,7 +52,7 @@ class CertificateCheckEval(Item):
         return {"certificate_violations"}
 
     def correct(self, batch: Batch) -> dict[str, torch.Tensor]:
-        ok, certified = certified_radii(batch.model, batch.x, batch.y)
+        ok, certified = certified_radii(batch.model, batch.x, batch.y, self.certificate)
         certified = certified.detach().double().clamp_min(0)
         index = ok.nonzero()[:, 0]
         smallest = torch.where(ok, math.inf, 0.0).double()
