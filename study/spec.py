@@ -15,7 +15,8 @@ import yaml
 
 from trainables.core.evaluation import EvalConfig
 from trainables.core.methods import METHODS, method_params
-from trainables.core.models import MODELS, model_options
+from trainables.core.data import DATASET_INFO
+from trainables.core.models import MODELS, ModelConfig, check_model, model_options
 from trainables.core.params import Param
 from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
@@ -211,6 +212,7 @@ class StudySpec(RunSettings):
         require(self.methods is not None, "methods", f"required; methods: {METHODS.names()}")
         for label, params in self.methods.methods.items():
             self.check_model_overrides(label, params)
+            self.check_model_values(label, params)
         measured = self.eval.metric_names() + ["robust_acc", "train_loss", "train_time_s"]  # every epoch
         require(bool(self.objectives), "objectives", "needs at least one objective")
         for i, objective in enumerate(self.objectives):
@@ -281,6 +283,28 @@ class StudySpec(RunSettings):
             if name.startswith("model.") and option != "name":
                 require(option in options, f"methods.{label}.{name}",
                         f"not an option of model {model}; allowed: {', '.join(options) or '(none)'}")
+
+    def check_model_values(self, label: str, params: dict[str, Param]) -> None:
+        """Build each model a method entry's trials can get (on the meta device: no memory, no
+        arithmetic) so a bad option value (an unknown activation, a depth the model lacks) is
+        refused now, not inside a trial: the entry's fixed values, then each searched one at
+        its choices or the ends of its range."""
+        model = {name.removeprefix("model."): param for name, param in params.items() if name.startswith("model.")}
+        name = model.pop("name").default if "name" in model else self.model.name
+        base = {} if name != self.model.name else dict(self.model.options)
+        fixed = {**base, **{option: param.default for option, param in model.items()}}
+        candidates = [fixed]
+        for option, param in model.items():
+            if param.searchable:
+                values = param.choices if param.choices is not None else (param.low, param.high)
+                candidates += [{**fixed, option: value} for value in values]
+        for options in candidates:
+            try:
+                check_model(ModelConfig(name, options), DATASET_INFO[self.data.dataset])
+            except ConfigError as err:  # name the entry where the entry set the option
+                message = str(err)
+                option = message.split(":")[0].removeprefix("model.")
+                raise ConfigError(f"methods.{label}.{message}" if option in model else message) from err
 
     def searched(self) -> dict[str, list[str]]:
         """Per method label, the hyperparameters the search varies (not those fixed)."""

@@ -63,6 +63,35 @@ def test_a_whole_model_never_exceeds_its_bound(name: str, options: dict, head: s
         assert norm <= bound * (1 + 1e-4), (norm, bound)
 
 
+def test_the_aol_kwl_network_is_the_references_four_stride_1_convolutions_and_sum_pooling() -> None:
+    """acfr/LBDN model.py's AOL KWL on 28 x 28 inputs: weight shapes, and the output computed by
+    hand from the reference's layer formulas (conv, then 1 / sqrt(sum |conv(K, K)|) per output
+    channel; linear on x / sqrt(sum |W^T W|)), in float64."""
+    info = DatasetInfo("fashion_mnist", 10, (1, 28, 28), (0.2860,), (0.3530,))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("kwl", {"layer": "aol", "gamma": 2.0}), info).double().eval()
+    shapes = [tuple(p.shape) for n, p in model.named_parameters() if n.endswith("weight")]
+    assert shapes == [(32, 1, 3, 3), (32, 32, 3, 3), (64, 32, 3, 3), (64, 64, 3, 3), (640, 64 * 7 * 7), (512, 640), (10, 512)]
+    g = 2.0 ** 0.5
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    h = x - 0.2860
+    convs = [m for m in model.body if m.__class__.__name__ == "AolConv"]
+    linears = [m for m in model.body if m.__class__.__name__ == "AolLin"]
+    for i, conv in enumerate(convs):
+        k = conv.weight
+        t = torch.abs(torch.nn.functional.conv2d(k, k, padding=2)).sum((1, 2, 3)) ** -0.5
+        h = torch.relu(torch.nn.functional.conv2d((g if i == 0 else 1.0) * h, k, padding=1) * t[:, None, None] + conv.bias[:, None, None])
+    h = torch.nn.functional.avg_pool2d(h, 4) * 4
+    h = h.flatten(1)
+    for i, linear in enumerate(linears):
+        w = linear.weight
+        t = torch.abs(w.T @ w).sum(1) ** -0.5
+        h = torch.nn.functional.linear((g if i == 2 else 1.0) * t * h, w, linear.bias)
+        h = torch.relu(h) if i < 2 else h
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), h, rtol=1e-12, atol=1e-12)
+
+
 NORMALIZED = DatasetInfo("toy", 10, (2, 8, 8), (0.5, 0.4), (0.2, 0.3))
 
 
@@ -199,7 +228,47 @@ def test_the_toy_fits_the_square_wave_and_its_certificates_hold_on_a_dense_grid(
     ("dnn", {}, r"model: dnn needs an image side divisible by 8, got \(1, 28, 28\)"),
     ("lipconvnet", {"pool": "avg"}, "model.pool: 'avg' is not allowed; allowed: max, lip"),
     ("lipconvnet", {"depth": 7}, "model.depth: LipConvNet-N takes N in 5, 10, ..., 40, got 7"),
+    ("lipconvnet", {"activation": "relu"}, "model.activation: 'relu' is not allowed; allowed: maxmin, hh1, hh2"),
+    ("lipconvnet", {"input_std": "median"}, "model.input_std: 'median' is not allowed; allowed: mean, none, a positive"),
+    ("kwl", {"normalized": "per_channel"}, "model.normalized: 'per_channel' is not allowed; allowed: False, True"),
 ])
 def test_lipschitz_models_name_the_option_they_cannot_build(name: str, options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_model(ModelConfig(name, options), DatasetInfo("f", 10, (1, 28, 28), (0.5,), (0.5,)))
+
+
+@pytest.mark.parametrize(("model", "methods", "eval_item", "message"), [
+    ({"name": "lipconvnet", "depth": 5, "activation": "relu"}, {"a": {"method": "lipschitz"}}, {},
+     "model.activation: 'relu' is not allowed; allowed: maxmin, hh1, hh2"),
+    ({"name": "kwl"}, {"a": {"method": "lipschitz", "model": {"normalized": "per_channel"}}}, {},
+     "methods.a.model.normalized: 'per_channel' is not allowed"),
+    ({"name": "kwl"}, {"a": {"method": "lipschitz", "model": {"layer": "aol", "gamma": {"low": -1.0, "high": 3.0}}}}, {},
+     "methods.a.model.gamma: must be > 0, got -1"),
+    ({"name": "kwl"}, {"a": {"method": "lipschitz", "model": {"layer": ["aol", "lol"]}}}, {},
+     "methods.a.model.layer: unknown layer family 'lol'"),
+    ({"name": "kwl"}, {"a": {"method": "lipschitz"}}, {"certificate": "exact"},
+     r"eval.items\[0\].certificate: 'exact' is not allowed; allowed: closed_form, precise"),
+])
+def test_bad_model_option_values_and_certificates_are_refused_when_the_spec_loads(
+    tiny_fashion_root: Path, tmp_path: Path, model: dict, methods: dict, eval_item: dict, message: str
+) -> None:
+    """Values, not only names: the models a method entry's trials can get are built on the meta
+    device when the spec loads (fixed values, each choice, each end of a range)."""
+    spec = tiny_spec(tiny_fashion_root, name="badvalue", model=model, methods=methods,
+                     eval={"items": [{"kind": "certified", "eps": [0.1], **eval_item}]})
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        load_spec(write_spec(tmp_path, spec))
+
+
+def test_a_bad_model_option_value_stops_the_launch_before_anything_starts(tiny_fashion_root: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.helpers import launch_command
+
+    spec = tiny_spec(tiny_fashion_root, name="badvalue", model={"name": "lipconvnet", "depth": 5, "input_std": "median"},
+                     methods={"a": {"method": "lipschitz"}}, eval={"items": [{"kind": "certified", "eps": [0.1]}]})
+    done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(tmp_path / "runs")),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "error: model.input_std: 'median' is not allowed; allowed: mean, none, a positive number\n"
+    assert not (tmp_path / "runs").exists()

@@ -43,6 +43,17 @@ class Splits:
 
 DatasetLoader = Callable[[Path], Splits]
 DATASETS: Registry[DatasetLoader] = Registry("data set")
+DATASET_INFO: dict[str, DatasetInfo] = {}  # known before loading: specs check models against it
+
+
+def register_dataset(name: str, info: DatasetInfo) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Register a data set's loader under `name`, with the DatasetInfo its splits carry."""
+
+    def register(loader: DatasetLoader) -> DatasetLoader:
+        DATASET_INFO[name] = info
+        return DATASETS.register(name)(loader)
+
+    return register
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torchvision
 
-from trainables.core.data import DATASETS, DatasetInfo, Splits
+from trainables.core.data import DatasetInfo, Splits, register_dataset
 
 CIFAR10_INFO = DatasetInfo(
     "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -52,14 +52,14 @@ def load_cifar(
     return Splits(info, train_x, train_y, test_x, test_y)
 
 
-@DATASETS.register("cifar10")
+@register_dataset("cifar10", CIFAR10_INFO)
 def cifar10(root: Path) -> Splits:
     train = [f"data_batch_{i}" for i in range(1, 6)]
     return load_cifar(root, "cifar-10-batches-py", train, ["test_batch"], "labels",
                       CIFAR10_INFO, torchvision.datasets.CIFAR10)
 
 
-@DATASETS.register("cifar100")
+@register_dataset("cifar100", CIFAR100_INFO)
 def cifar100(root: Path) -> Splits:
     return load_cifar(root, "cifar-100-python", ["train"], ["test"], "fine_labels",
                       CIFAR100_INFO, torchvision.datasets.CIFAR100)

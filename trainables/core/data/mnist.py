@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torchvision
 
-from trainables.core.data import DATASETS, DatasetInfo, Splits
+from trainables.core.data import DatasetInfo, Splits, register_dataset
 from trainables.core.data.idx import MNIST_FILES, find_idx_files, load_idx_folder
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -57,7 +57,7 @@ def register_idx_dataset(
         files = locate_idx(name, folders(root), download, how_to_get)
         return load_idx_dataset(files, info)
 
-    DATASETS.register(name)(load)
+    register_dataset(name, info)(load)
 
 
 register_idx_dataset(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.core.data import DATASETS, DatasetInfo, Splits
+from trainables.core.data import DatasetInfo, Splits, register_dataset
 
 SQUARE_WAVE_INFO = DatasetInfo("square_wave", 1, (1, 1, 1), (0.0,), (1.0,))
 
@@ -19,7 +19,7 @@ def square_wave(x: torch.Tensor) -> torch.Tensor:
     return ((x <= -1) | ((x > 0) & (x <= 1))).float()
 
 
-@DATASETS.register("square_wave")
+@register_dataset("square_wave", SQUARE_WAVE_INFO)
 def load_square_wave(root: Path) -> Splits:
     """Generated, not read: `root` is unused."""
     train_x = torch.from_numpy(np.random.RandomState(0).uniform(-2, 2, 300)).float()

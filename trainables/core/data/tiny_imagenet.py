@@ -17,7 +17,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from trainables.core.data import DATASETS, DatasetInfo, Splits
+from trainables.core.data import DatasetInfo, Splits, register_dataset
 
 TINY_IMAGENET_INFO = DatasetInfo(
     "tiny_imagenet", 200, (3, 64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -85,7 +85,7 @@ def save_cache(path: Path, tensors: dict[str, torch.Tensor | str]) -> None:
                       f"they will be decoded again next time", stacklevel=2)
 
 
-@DATASETS.register("tiny_imagenet")
+@register_dataset("tiny_imagenet", TINY_IMAGENET_INFO)
 def tiny_imagenet(root: Path) -> Splits:
     base = root / FOLDER
     if not base.is_dir():

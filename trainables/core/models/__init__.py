@@ -74,6 +74,13 @@ def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
         raise ConfigError(f"model: {config.name} with {config.options} cannot be built: {err}") from err
 
 
+def check_model(config: ModelConfig, info: DatasetInfo) -> None:
+    """Build the model on the meta device (no memory, no arithmetic), so that every option value
+    is checked where its builder checks it, when a spec is loaded instead of inside a trial."""
+    with torch.device("meta"):
+        build_model(config, info)
+
+
 from trainables.core.models import (  # noqa: E402,F401  (register)
     cw_cnn,
     dnn,

@@ -20,7 +20,8 @@ def dnn(info: DatasetInfo, gamma: float = 1.0, head: str = "lln", normalized: bo
     pixel units gains 1 / min std)."""
     channels, n, _ = info.shape
     widths = [64, 128, 256] + ([512] if n >= 64 else [])
-    check_options("dnn", info.shape, 2 ** len(widths), {"head": (head, ("lln", "plain"))}, gamma)
+    check_options("dnn", info.shape, 2 ** len(widths), {"head": (head, ("lln", "plain")),
+                                                                 "normalized": (normalized, (False, True))}, gamma)
     g = gamma ** 0.5
     layers: list[nn.Module] = [Center(info.mean, info.std if normalized else 1.0)]
     cin, size = channels, n

@@ -53,7 +53,8 @@ def sll_resnet(info: DatasetInfo, size: str = "small", gamma: float = 1.0, head:
     """`size`: tiny | small | medium | large; `gamma`: the certified l2 bound after the input
     scaling; `head`: plain | lln; `normalized`: inputs divided by the per-channel std (LBDN's
     option; the bound in pixel units gains 1 / min std)."""
-    check_options("sll_resnet", info.shape, 4, {"size": (size, tuple(SIZES)), "head": (head, ("plain", "lln"))}, gamma)
+    check_options("sll_resnet", info.shape, 4, {"size": (size, tuple(SIZES)), "head": (head, ("plain", "lln")),
+                                                "normalized": (normalized, (False, True))}, gamma)
     n = info.shape[1]
     depth_conv, channels, inner, depth_linear, features = SIZES[size]
     g = gamma ** 0.5
