@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.experiment import Trial
@@ -78,6 +79,19 @@ def check_stage_arguments(spec: StudySpec, args: argparse.Namespace) -> None:
         raise ConfigError("--confirm-only: needs --resume (it confirms the front of an existing study)")
     if args.confirm_only and spec.confirm is None:
         raise ConfigError("--confirm-only: the spec has no confirm section; add one, e.g. confirm: {seeds: [0, 1, 2]}")
+
+
+def check_local_device(spec: StudySpec, args: argparse.Namespace) -> None:
+    """A study run on this machine (no cluster address) can only use its devices: refuse a
+    GPU setting without a GPU now rather than in every trial."""
+    if args.address or os.environ.get("RAY_ADDRESS") or torch.cuda.is_available():
+        return
+    if spec.train.device == "cuda":
+        raise ConfigError("train.device: cuda, but the study runs on this machine, which has no GPU; "
+                          "allowed: auto, cpu")
+    if spec.train.precision == "fp16":
+        raise ConfigError("train.precision: fp16 needs a GPU, and the study runs on this machine, which has none; "
+                          "allowed: fp32, bf16")
 
 
 def resolve_spec(args: argparse.Namespace) -> StudySpec:
@@ -216,6 +230,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
         print(ui_links(tracking_uri, client.get_run(record.parent_run_id).info.experiment_id,
                        record.parent_run_id), flush=True)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic progress table, whose columns the study picks
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # epochs between evaluations report no metrics
         unfinished, errors = search_stage(spec, data, storage, record, resumed is not None, not args.confirm_only)
         if confirming and (args.confirm_only or not unfinished):  # an unfinished search's front waits for it
             unfinished += confirm_stage(spec, confirm_data, storage, record, client)
@@ -244,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = resolve_spec(args)
         check_stage_arguments(spec, args)
+        check_local_device(spec, args)
         if args.dry_run:
             print("# resolved spec")
             print(spec.to_yaml())

@@ -11,6 +11,7 @@ import copy
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,12 +24,12 @@ from torch import nn
 
 from trainables.core.data import DataBundle, DataConfig, load_data, train_batches
 from trainables.core.evaluation import EvalConfig, metric_warnings, run_evaluation
-from trainables.core.methods import METHODS, Method, StepContext, build_method, check_hparams
+from trainables.core.methods import METHODS, Method, StepContext, build_method, check_hparams, double_backprop
 from trainables.core.models import ModelConfig, build_model
 from trainables.core.models.lipschitz import LIPSCHITZ_MODELS
 from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
-from trainables.core.schema import apply_overrides, parse, require
+from trainables.core.schema import INTERNAL, apply_overrides, parse, require
 
 
 @dataclass
@@ -77,24 +78,39 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
 
     def check(self, path: str) -> None:
         require(self.epochs >= 1, f"{path}.epochs", f"must be >= 1, got {self.epochs}")
         require(self.batch_size >= 1, f"{path}.batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.lr > 0, f"{path}.lr", f"must be > 0, got {self.lr}")
+        require(not (self.precision == "fp16" and self.device == "cpu"), f"{path}.precision",
+                "fp16 needs a GPU (autocast on the CPU runs bf16); allowed: fp32, bf16")
+
+    def check_method(self, method: str, key: str) -> None:
+        """fp16 scales the loss, not the input gradients a double-backprop method differentiates,
+        which underflow: refused; bf16 keeps fp32's exponent range (tested against fp32)."""
+        require(not (self.precision == "fp16" and double_backprop(method)), "train.precision",
+                f"fp16 with {method} ({key}), whose loss backpropagates through input gradients that "
+                f"underflow in fp16; allowed: fp32, bf16")
 
 
 @dataclass
 class RunSettings:
     """Everything about a training run except the method: shared by all trials of a study.
     `final_eval` runs once after the last epoch (costly attacks such as worst-of-100 LRC noise);
-    its metrics are reported with that epoch's as `final_{name}`."""
+    its metrics are reported with that epoch's as `final_{name}`. `rungs`: the epochs where a
+    study's scheduler compares trials (set by the study; None for a run on its own), where
+    `eval.every: rungs` evaluates."""
 
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
     final_eval: EvalConfig | None = None
+    rungs: list[int] | None = field(default=None, metadata={INTERNAL: True})
 
     def check(self, path: str) -> None:
         require(self.eval.primary_robust_metric is not None, "eval.items",
@@ -160,6 +176,10 @@ class RunConfig(RunSettings):
 
     method: MethodChoice = field(default_factory=lambda: MethodChoice("clean"))
 
+    def check(self, path: str) -> None:
+        super().check(path)
+        self.train.check_method(self.method.name, "method.name")
+
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or inf: the run cannot continue."""
@@ -171,6 +191,15 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda was asked for but no GPU is visible")
     return torch.device(choice)
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def training_model(model: nn.Module, train: TrainConfig) -> nn.Module:
+    """What the training steps call: the model, or `torch.compile` of it (`train.compile`; the
+    state, evaluation and certificates stay with the model itself)."""
+    return torch.compile(model) if train.compile else model
 
 
 def same_examples(first: EvalConfig, second: EvalConfig) -> bool:
@@ -188,6 +217,16 @@ def make_optimizer(model: nn.Module, train: TrainConfig, method: Method) -> torc
 Tables = dict[str, dict[str, torch.Tensor]]
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]], Tables], None]
 EVAL_WARNINGS = "eval_warnings"  # the epoch's attack-failure warnings, one string, "; " between
+
+
+def backward_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  autocast: torch.dtype | None, x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """The method's loss (under autocast in bf16 or fp16) and its gradients (loss-scaled in fp16)."""
+    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        loss = method.loss(model, x, y, ctx)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    return loss
 
 
 def fit(
@@ -209,8 +248,14 @@ def fit(
     """
     train = settings.train
     device = resolve_device(train.device)
+    if train.precision == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision: fp16 needs a GPU and none is visible; allowed: fp32, bf16")
     torch.manual_seed(train.seed)
-    model = build_model(settings.model, data.info).to(device)
+    memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+    model = build_model(settings.model, data.info).to(device, memory_format=memory_format)
+    stepped = training_model(model, train)
+    autocast = AUTOCAST_DTYPES.get(train.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
     data = data.to(device)
     method.setup(data)
     optimizer = make_optimizer(model, train, method)
@@ -227,6 +272,7 @@ def fit(
         method.load_state_dict(resume_from["method"])
         generator.set_state(resume_from["generator"])
         torch.set_rng_state(resume_from["torch_rng"])
+        scaler.load_state_dict(resume_from.get("scaler", {}))
         start_epoch = resume_from["epoch"]
         train_time, compute_time = resume_from.get("train_time_s", 0.0), resume_from.get("compute_time_s", 0.0)
 
@@ -238,6 +284,7 @@ def fit(
             "method": method.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "scaler": scaler.state_dict(),
             "epoch": epoch + 1,
             "train_time_s": train_time,
             "compute_time_s": compute_time,
@@ -249,10 +296,19 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         for step, (x, y) in enumerate(train_batches(data, train.batch_size, settings.data.augment, generator)):
             ctx = StepContext(epoch=epoch, step=epoch * steps_per_epoch + step, generator=generator)
-            loss = method.loss(model, x, y, ctx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=memory_format)
+            try:
+                loss = backward_step(stepped, method, optimizer, scaler, autocast, x, y, ctx)
+            except Exception as err:  # torch.compile fails on some models and on double backprop
+                if stepped is model:
+                    raise
+                warnings.warn(f"train.compile: torch.compile failed ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]}); training without it", stacklevel=1)
+                stepped = model
+                loss = backward_step(stepped, method, optimizer, scaler, autocast, x, y, ctx)
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             method.after_step(model, ctx)
             loss_sum += loss.detach() * len(y)
@@ -269,22 +325,22 @@ def fit(
             "train_time_s": train_time,
         }
         tables: Tables = {}
-        if (epoch + 1) % settings.eval.every == 0 or epoch + 1 == train.epochs:
+        if settings.eval.due(epoch + 1, train.epochs, settings.rungs):
             eval_started = time.perf_counter()
             result = run_evaluation(model, data, settings.eval, seed=train.seed)
             metrics.update(result.metrics)
-            warnings = result.warnings
+            messages = result.warnings
             if epoch + 1 == train.epochs and settings.final_eval is not None:
                 final = run_evaluation(model, data, settings.final_eval, seed=train.seed)
                 metrics.update({f"final_{k}": v for k, v in final.metrics.items()})
                 tables = final.tables
-                warnings = list(dict.fromkeys([*warnings, *final.warnings]))
+                messages = list(dict.fromkeys([*messages, *final.warnings]))
                 if same_examples(settings.eval, settings.final_eval):  # e.g. PGD here against AutoAttack there
-                    warnings += [w for w in metric_warnings({**result.metrics, **final.metrics}) if w not in warnings]
+                    messages += [w for w in metric_warnings({**result.metrics, **final.metrics}) if w not in messages]
             metrics["eval_time_s"] = time.perf_counter() - eval_started
             compute_time += metrics["eval_time_s"]
-            if warnings:
-                metrics[EVAL_WARNINGS] = "; ".join(warnings)
+            if messages:
+                metrics[EVAL_WARNINGS] = "; ".join(messages)
         compute_time += epoch_time
         metrics["compute_time_s"] = compute_time
         if on_epoch is not None:

@@ -37,6 +37,7 @@ class Method:
     params: ClassVar[dict[str, Param]] = {}
     source: ClassVar[str] = ""
     constraint: ClassVar[bool] = False
+    double_backprop: ClassVar[bool] = False  # its loss differentiates an input gradient
 
     def __init__(self, **hparams: Any) -> None:
         self.hp = {name: hparams.get(name, param.default) for name, param in self.params.items()}
@@ -82,6 +83,11 @@ def method_classes(name: str, key: str) -> list[type[Method]]:
     if len(set(parts)) != len(parts):
         raise ConfigError(f"{key}: {name} names a part twice")
     return classes
+
+
+def double_backprop(name: str) -> bool:
+    """Does method `name` (or a constraint it combines with) backpropagate through an input gradient?"""
+    return any(cls.double_backprop for cls in method_classes(name, "method"))
 
 
 def method_params(name: str, key: str) -> dict[str, Param]:

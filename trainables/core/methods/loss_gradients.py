@@ -26,6 +26,7 @@ class LossGradientPenalty(Method):
     """CE + lambda * norm(g) / n; subclasses say which norm."""
 
     params = {"lambda": LAMBDA}
+    double_backprop = True
 
     def norm(self, grad: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -103,9 +103,8 @@ class SnProjection(SpectralControl):
                 layer.weight.copy_(clip_singular_values(layer.weight, radius))
                 continue
             u, v = self.top_vectors(name, layer, CONVERGED_ITERATIONS, converge=True)
-            sigma = float(self.sigma(name, layer, u, v))
-            if sigma > radius:
-                layer.weight.mul_(radius / sigma)
+            sigma = self.sigma(name, layer, u, v)
+            layer.weight.mul_((radius / sigma).clamp(max=1.0))  # on the device: no host sync per step
 
 
 @METHODS.register("sn_penalty")
