@@ -6,6 +6,7 @@ allowed. The run sections (data, model, train, eval) are the core's own config t
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,9 +14,9 @@ from typing import Any, Literal
 
 import yaml
 
+from trainables.core.data import DATASET_INFO
 from trainables.core.evaluation import EvalConfig
 from trainables.core.methods import METHODS, method_params
-from trainables.core.data import DATASET_INFO
 from trainables.core.models import MODELS, ModelConfig, check_model, model_options
 from trainables.core.params import Param
 from trainables.core.presets import apply_preset
@@ -110,6 +111,14 @@ class SchedulerConfig:
     mode: Literal["max", "min"] = "max"
     grace_period: int = 1
     reduction_factor: int = 3
+
+    def rungs(self, epochs: int) -> list[int]:
+        """The epochs where ASHA compares trials: grace_period * reduction_factor^k below
+        `epochs`, with the rung count Ray's ASHA computes (none under FIFO)."""
+        if self.kind == "fifo":
+            return []
+        count = int(math.log(epochs / self.grace_period) / math.log(self.reduction_factor) + 1)
+        return [self.grace_period * self.reduction_factor ** k for k in range(count)]
 
     def check(self, path: str) -> None:
         require(self.grace_period >= 1, f"{path}.grace_period", f"must be >= 1, got {self.grace_period}")
@@ -213,6 +222,7 @@ class StudySpec(RunSettings):
         for label, params in self.methods.methods.items():
             self.check_model_overrides(label, params)
             self.check_model_values(label, params)
+            self.train.check_method(self.methods.registered[label], f"methods.{label}")
         measured = self.eval.metric_names() + ["robust_acc", "train_loss", "train_time_s"]  # every epoch
         require(bool(self.objectives), "objectives", "needs at least one objective")
         for i, objective in enumerate(self.objectives):
@@ -233,10 +243,12 @@ class StudySpec(RunSettings):
         require(self.scheduler.metric in measured, "scheduler.metric",
                 f"{self.scheduler.metric!r} is not measured; allowed: {', '.join(measured)}")
         if self.scheduler.kind == "asha":
-            require(self.eval.every == 1, "eval.every",
-                    "ASHA compares trials every epoch, so it needs eval.every: 1 (or scheduler.kind: fifo)")
             require(self.scheduler.grace_period <= self.train.epochs, "scheduler.grace_period",
                     f"{self.scheduler.grace_period} exceeds train.epochs ({self.train.epochs})")
+            rungs = self.scheduler.rungs(self.train.epochs)
+            skipped = [r for r in rungs if not self.eval.due(r, self.train.epochs, rungs)]
+            require(not skipped, "eval.every", f"ASHA compares trials at epochs {rungs}, and every "
+                    f"{self.eval.every} skips {skipped}; allowed: rungs, or an interval that divides every rung")
 
         if self.confirm is not None:
             self.check_confirm(measured)
@@ -259,10 +271,12 @@ class StudySpec(RunSettings):
                     settings.check_model(model, "confirm.final_eval")
 
     def confirm_settings(self) -> RunSettings:
-        """What every confirmation run shares: the search's settings with confirm's overrides."""
+        """What every confirmation run shares: the search's settings with confirm's overrides, and
+        no rungs (no scheduler compares confirmation runs: `every: rungs` evaluates at the end)."""
         settings, confirm = self.settings(), self.confirm
         return replace(
             settings,
+            rungs=[],
             train=replace(settings.train, epochs=confirm.epochs or settings.train.epochs),
             data=replace(settings.data, subset=confirm.subset or settings.data.subset),
             final_eval=confirm.final_eval or settings.final_eval,
@@ -318,7 +332,7 @@ class StudySpec(RunSettings):
     def settings(self) -> RunSettings:
         """The part shared by every trial (what the trainable receives)."""
         return RunSettings(data=self.data, model=self.model, train=self.train, eval=self.eval,
-                           final_eval=self.final_eval)
+                           final_eval=self.final_eval, rungs=self.scheduler.rungs(self.train.epochs))
 
     def to_yaml(self) -> str:
         plain = to_dict(self)

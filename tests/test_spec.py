@@ -9,7 +9,7 @@ import ray
 import yaml
 
 from study.launch import main as launch
-from study.spec import load_spec
+from study.spec import SchedulerConfig, load_spec
 from trainables.core.registry import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_quickstart_resolves_declared_and_overridden_ranges() -> None:
          r"methods.clean\+sn_projection.sn_mode: 'exact' is not allowed; allowed: \['reshaped', 'operator'\]"),
         ({"methods__pgd_l2": {"steps": "five"}}, r"methods.pgd_l2.steps: expected an int, got 'five'"),
         ({"objectives": [{"metric": "pgd_linf_acc"}]}, r"objectives\[0\].metric: 'pgd_linf_acc' is not measured"),
-        ({"eval__every": 2}, r"eval.every: ASHA compares trials every epoch"),
+        ({"eval__every": 3}, r"eval.every: ASHA compares trials at epochs \[2, 4\], and every 3 skips \[2\]"),
         ({"scheduler__grace_period": 9}, r"scheduler.grace_period: 9 exceeds train.epochs \(4\)"),
         ({"eval__items": [{"kind": "attack", "eps": [-1.0]}]}, r"eval.items\[0\].eps: needs one or more positive"),
         ({"eval__items": [{"kind": "lrc"}]}, r"eval.items\[0\].kind: unknown evaluation kind 'lrc'; allowed: attack"),
@@ -122,3 +122,23 @@ def test_dry_run_prints_the_resolved_spec_and_space(tmp_path: Path, capsys: pyte
     resolved = yaml.safe_load(out.split("# search space")[0])
     assert resolved["search"]["num_samples"] == 3 and resolved["name"] == "quickstart"
     assert "epsilon: float in [0.25, 3.0] log" in out and "steps: fixed 5" in out
+
+
+@pytest.mark.parametrize(("epochs", "grace", "factor"),
+                         [(4, 1, 2), (8, 1, 2), (20, 5, 2), (100, 1, 3), (10, 3, 3), (60, 2, 4)])
+def test_the_rungs_are_where_rays_asha_compares_trials(epochs: int, grace: int, factor: int) -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    asha = ASHAScheduler(time_attr="training_iteration", metric="m", mode="max", max_t=epochs,
+                         grace_period=grace, reduction_factor=factor)
+    milestones = sorted(milestone for milestone, _ in asha._brackets[0]._rungs)  # Ray's own, private
+    assert SchedulerConfig(grace_period=grace, reduction_factor=factor).rungs(epochs) == milestones
+    assert SchedulerConfig(kind="fifo").rungs(epochs) == []
+
+
+def test_a_study_passes_its_rungs_to_the_trials_and_no_rungs_key_exists(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, train__epochs=8, scheduler__grace_period=1))
+    assert spec.eval.every == "rungs" and spec.settings().rungs == [1, 2, 4, 8]
+    assert spec.confirm_settings().rungs == []
+    with pytest.raises(ConfigError, match="rungs: unknown key"):
+        load_spec(write_spec(tmp_path, rungs=[1]))

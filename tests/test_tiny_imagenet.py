@@ -61,13 +61,14 @@ def test_reads_the_layout_with_labels_by_sorted_wnid_and_pixels_as_pil_decodes_t
     assert data.test_x.dtype == torch.uint8 and data.test_x.shape == (4, 3, 64, 64)
     assert data.test_y.tolist() == [label for _, label in files["val"]]
     assert sorted(data.train_y.tolist()) == [0, 0, 1, 1, 2, 2]
-    for image, (path, _) in zip(data.test_x, files["val"]):
+    for image, (path, _) in zip(data.test_x, files["val"], strict=True):
         assert torch.equal(image, pil_pixels(path))
     grey = tiny_imagenet.decode([files["train"][3][0]])[0]  # the grey one, label 1
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
 
 
-def test_decoded_images_are_cached_and_rebuilt_when_an_image_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decoded_images_are_cached_and_rebuilt_when_an_image_changes(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     files = write_tiny_imagenet(tmp_path)
     first = tiny_imagenet.tiny_imagenet(tmp_path)
     assert (tmp_path / "tiny-imagenet-200" / tiny_imagenet.CACHE).is_file()

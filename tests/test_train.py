@@ -92,6 +92,18 @@ def test_evaluation_every_k_epochs_and_always_at_the_end(tiny_fashion_root: Path
     assert ["clean_acc" in h for h in history] == [False, True, True]
 
 
+@pytest.mark.parametrize(("rungs", "evaluated"), [([1, 2], [1, 2, 5]), ([], [5]), (None, [1, 2, 3, 4, 5])])
+def test_evaluation_at_the_rungs_and_the_last_epoch(tiny_fashion_root: Path, rungs: list | None,
+                                                    evaluated: list[int]) -> None:
+    """`every: rungs`: where ASHA compares trials (none under FIFO), every epoch outside a study."""
+    config = settings(tiny_fashion_root, epochs=5)
+    assert config.eval.every == "rungs"
+    config.rungs = rungs
+    history = run(config)
+    assert [h["epoch"] for h in history if "robust_acc" in h] == evaluated
+    assert all("train_loss" in h for h in history)
+
+
 def test_lr_schedules() -> None:
     step = ScheduleConfig(kind="step", step_epochs=2, gamma=0.1)
     assert [step.multiplier(e) for e in (0, 1.9, 2, 4.5)] == pytest.approx([1, 1, 0.1, 0.01])

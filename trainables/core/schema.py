@@ -17,6 +17,7 @@ import yaml
 from trainables.core.registry import ConfigError
 
 T = TypeVar("T")
+INTERNAL = "internal"  # field metadata: set by the program, not a key of the YAML
 
 
 def parse(cls: type[T], data: Any, path: str) -> T:
@@ -28,7 +29,7 @@ def parse(cls: type[T], data: Any, path: str) -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'spec'}: expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get(INTERNAL)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{path}.{unknown[0]}" if path else unknown[0]
@@ -48,6 +49,14 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     return obj
 
 
+def describe_type(tp: Any) -> str:
+    """How an error message names what a type annotation allows."""
+    if typing.get_origin(tp) is typing.Literal:
+        return ", ".join(map(str, typing.get_args(tp)))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
+    return names.get(typing.get_origin(tp) or tp, "a mapping")
+
+
 def coerce(tp: Any, value: Any, key: str) -> Any:
     """`value` checked against type annotation `tp`."""
     origin = typing.get_origin(tp)
@@ -64,7 +73,9 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
                 return coerce(option, value, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} is not allowed")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(describe_type, options))}")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
@@ -104,7 +115,7 @@ def to_dict(obj: Any) -> Any:
     if to_mapping is not None:
         return to_mapping()
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get(INTERNAL)}
     if isinstance(obj, list):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

@@ -45,12 +45,14 @@ def image_lists(base: Path) -> tuple[list[Path], list[int], list[Path], list[int
     for number, line in enumerate((base / "val" / "val_annotations.txt").read_text().splitlines(), 1):
         fields = line.split("\t")
         if len(fields) < 2 or fields[1] not in index:
-            raise ValueError(f"tiny_imagenet: val_annotations.txt line {number}: {line[:80]!r} names no wnid of wnids.txt")
+            raise ValueError(f"tiny_imagenet: val_annotations.txt line {number}: {line[:80]!r} "
+                             f"names no wnid of wnids.txt")
         annotations[fields[0]] = index[fields[1]]
     val_files = sorted((base / "val" / "images").glob("*.JPEG"))
     unlabelled = [f.name for f in val_files if f.name not in annotations]
     if unlabelled:
-        raise ValueError(f"tiny_imagenet: val_annotations.txt has no label for {unlabelled[0]} ({len(unlabelled)} images)")
+        raise ValueError(f"tiny_imagenet: val_annotations.txt has no label for {unlabelled[0]} "
+                         f"({len(unlabelled)} images)")
     return train_files, train_labels, val_files, [annotations[f.name] for f in val_files]
 
 

@@ -30,17 +30,28 @@ class EvalItem:
 
 @dataclass
 class EvalConfig:
-    """What is measured after every `every` epochs, on the first `examples` of `split`."""
+    """What is measured on the first `examples` of `split` (a fixed subset), after the last epoch
+    and, by `every`: `rungs` (default), the epochs where a study's scheduler compares trials
+    (ASHA's rungs; none under FIFO; every epoch for a run outside a study), or every k epochs."""
 
-    every: int = 1
+    every: int | Literal["rungs"] = "rungs"
     split: Literal["val", "test"] = "test"
     examples: int | None = 1000
     batch_size: int = 500
     items: list[EvalItem] = field(default_factory=lambda: [AttackEval()])
     robust_metric: str | None = None
 
+    def due(self, epoch: int, epochs: int, rungs: list[int] | None) -> bool:
+        """Is there an evaluation after (1-based) `epoch` of `epochs`? `rungs`: the scheduler's
+        comparison epochs, None outside a study."""
+        if epoch == epochs:
+            return True
+        if self.every == "rungs":
+            return rungs is None or epoch in rungs
+        return epoch % self.every == 0
+
     def check(self, path: str) -> None:
-        require(self.every >= 1, f"{path}.every", f"must be >= 1, got {self.every}")
+        require(self.every == "rungs" or self.every >= 1, f"{path}.every", f"must be >= 1 or rungs, got {self.every}")
         require(self.examples is None or self.examples > 0, f"{path}.examples",
                 f"must be a positive count or null (all), got {self.examples}")
         require(self.batch_size >= 1, f"{path}.batch_size", f"must be >= 1, got {self.batch_size}")
