@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 from trainables.core.data import DatasetInfo, Splits, register_dataset
 
@@ -32,12 +31,14 @@ def read_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch
 
 def load_cifar(
     root: Path, folder: str, train: list[str], test: list[str], label_key: str,
-    info: DatasetInfo, download: type,
+    info: DatasetInfo, torchvision_class: str,
 ) -> Splits:
     base = root / folder
     if not base.is_dir():
         try:
-            download(str(root), train=True, download=True)
+            import torchvision  # only to download: importing it costs a second and a half
+
+            getattr(torchvision.datasets, torchvision_class)(str(root), train=True, download=True)
         except Exception as err:
             raise FileNotFoundError(
                 f"{info.name}: {base} does not exist and the torchvision download into {root} "
@@ -56,10 +57,10 @@ def load_cifar(
 def cifar10(root: Path) -> Splits:
     train = [f"data_batch_{i}" for i in range(1, 6)]
     return load_cifar(root, "cifar-10-batches-py", train, ["test_batch"], "labels",
-                      CIFAR10_INFO, torchvision.datasets.CIFAR10)
+                      CIFAR10_INFO, "CIFAR10")
 
 
 @register_dataset("cifar100", CIFAR100_INFO)
 def cifar100(root: Path) -> Splits:
     return load_cifar(root, "cifar-100-python", ["train"], ["test"], "fine_labels",
-                      CIFAR100_INFO, torchvision.datasets.CIFAR100)
+                      CIFAR100_INFO, "CIFAR100")

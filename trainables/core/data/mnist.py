@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import torchvision
-
 from trainables.core.data import DatasetInfo, Splits, register_dataset
 from trainables.core.data.idx import MNIST_FILES, find_idx_files, load_idx_folder
 
@@ -52,6 +50,8 @@ def register_idx_dataset(
 
     def load(root: Path) -> Splits:
         def download() -> object:
+            import torchvision  # only to download: importing it costs a second and a half
+
             return getattr(torchvision.datasets, torchvision_class)(str(root), download=True)
 
         files = locate_idx(name, folders(root), download, how_to_get)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 
 from trainables.core.data import DatasetInfo, Splits, register_dataset
@@ -93,7 +92,9 @@ def tiny_imagenet(root: Path) -> Splits:
     if not base.is_dir():
         if not (root / ARCHIVE).is_file():
             raise FileNotFoundError(f"tiny_imagenet: neither {base} nor {root / ARCHIVE} exists; {HOW_TO_GET}")
-        torchvision.datasets.utils.extract_archive(str(root / ARCHIVE), str(root))
+        from torchvision.datasets.utils import extract_archive  # only here: importing torchvision is slow
+
+        extract_archive(str(root / ARCHIVE), str(root))
     train_files, train_labels, val_files, val_labels = image_lists(base)
     key = fingerprint(train_files + val_files)
     cache = base / CACHE
