@@ -1,9 +1,14 @@
-"""The study machinery's overhead on one machine.
+"""The study machinery's overhead on one machine, and where the time goes.
 
 For 1, 2 and 4 concurrent trials: the wall time of a study of N identical trials (Ray, Optuna,
-MLflow, checkpoints included) as a ratio to the sum of the same trials' training times run bare
-(`core.fit` in this process, one after another), and the time from launch to the first trial's
-first epoch. Prints a table.
+MLflow, checkpoints included) as a ratio to the sum of the same trials' times run bare
+(`core.fit` in this process, one after another, evaluation included), and the time from launch
+to the first trial's first epoch. Then, per concurrency, where the study's wall time went:
+start-up until the study's MLflow run exists (imports, data, a local Ray, the MLflow database),
+from there to the first epoch's report (Tune, the trial's process and imports), the trials'
+training and evaluation (summed over trials, from their reports), the analysis and report
+after Tune ends, and the rest (Tune's loop, checkpoints, MLflow writes, waiting); and
+evaluation's share of the trials' compute. Prints two tables.
 
     python benchmarks/study_overhead.py [--trials 4] [--epochs 2] [--subset 10000]
 """
@@ -27,8 +32,6 @@ from trainables.core.data import load_data
 from trainables.core.methods import build_method
 from trainables.core.train import fit
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def spec_for(args: argparse.Namespace) -> dict:
     return {
@@ -45,7 +48,7 @@ def spec_for(args: argparse.Namespace) -> dict:
 
 
 def bare_seconds(spec_path: Path, trials: int) -> float:
-    """Sum of the trials' training times, run one after another without Ray."""
+    """Sum of the trials' times (training and their evaluation), run one after another without Ray."""
     spec = load_spec(spec_path)
     data = load_data(spec.data)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -57,25 +60,35 @@ def bare_seconds(spec_path: Path, trials: int) -> float:
     return total
 
 
-def study_seconds(spec_path: Path, concurrent: int, folder: Path) -> tuple[float, float]:
-    """(wall time of the whole study, launch to the first epoch of the first trial)."""
+def study_run(spec_path: Path, concurrent: int, folder: Path) -> dict[str, float]:
+    """Times (s) of one study: `wall`, `first_epoch`, and the parts of the breakdown."""
     cpus = os.cpu_count() or 1
     storage = folder / f"c{concurrent}"
     started = time.time()
-    subprocess.run(
+    marks: dict[str, float] = {}
+    launcher = subprocess.Popen(
         [sys.executable, "-m", "study.launch", str(spec_path), "--storage", str(storage),
          "--set", f"search.max_concurrent={concurrent}", "--set", f"resources.cpu={cpus / concurrent}"],
-        check=True, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    for line in launcher.stdout:
+        if line.startswith("study ") and "MLflow run" in line:
+            marks["study_run"] = time.time() - started
+        if "Total run time" in line:
+            marks["tune_end"] = time.time() - started
+    if launcher.wait():
+        raise RuntimeError(f"the study failed (exit {launcher.returncode})")
     wall = time.time() - started
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("overhead")
-    first = min(
-        m.timestamp
-        for run in client.search_runs([experiment.experiment_id], filter_string="tags.`robust_study.trial_id` != ''")
-        for m in client.get_metric_history(run.info.run_id, "train_loss") if m.step == 1
-    )
-    return wall, first / 1000 - started
+    trials = client.search_runs([experiment.experiment_id], filter_string="tags.`robust_study.trial_id` != ''")
+    first = min(m.timestamp for run in trials for m in client.get_metric_history(run.info.run_id, "train_loss")
+                if m.step == 1) / 1000 - started
+    train = sum(run.data.metrics["train_time_s"] for run in trials)
+    evaluation = sum(run.data.metrics["compute_time_s"] - run.data.metrics["train_time_s"] for run in trials)
+    return {"wall": wall, "first_epoch": first, "start_up": marks["study_run"],
+            "to_first_epoch": first - marks["study_run"], "train": train, "evaluation": evaluation,
+            "report": wall - marks["tune_end"]}
 
 
 def main() -> None:
@@ -89,13 +102,23 @@ def main() -> None:
         spec_path = folder / "overhead.yaml"
         spec_path.write_text(yaml.safe_dump(spec_for(args)))
         bare = bare_seconds(spec_path, args.trials)
-        rows = [(c, *study_seconds(spec_path, c, folder)) for c in (1, 2, 4)]
+        runs = {c: study_run(spec_path, c, folder) for c in (1, 2, 4)}
     print(f"{args.trials} trials x {args.epochs} epochs, cw_cnn on {args.subset} Fashion-MNIST images, "
-          f"{os.cpu_count()} CPUs; bare sum of training times: {bare:.1f} s")
+          f"{os.cpu_count()} CPUs; bare sum of the trials' times: {bare:.1f} s")
     print(f"{'concurrent':>10} | {'study wall s':>12} | {'wall / bare':>11} | {'launch -> 1st epoch s':>21}")
     print(f"{'-' * 10}-+-{'-' * 12}-+-{'-' * 11}-+-{'-' * 21}")
-    for concurrent, wall, first_epoch in rows:
-        print(f"{concurrent:>10} | {wall:>12.1f} | {wall / bare:>11.2f} | {first_epoch:>21.1f}")
+    for concurrent, run in runs.items():
+        print(f"{concurrent:>10} | {run['wall']:>12.1f} | {run['wall'] / bare:>11.2f} | {run['first_epoch']:>21.1f}")
+    print("\nWhere the wall time went (s; training and evaluation summed over the trials, so they exceed the "
+          "wall when trials run side by side):")
+    parts = ["start_up", "to_first_epoch", "train", "evaluation", "report"]
+    print(f"{'concurrent':>10} | " + " | ".join(f"{p:>14}" for p in [*parts, "rest", "eval share"]))
+    for concurrent, run in runs.items():
+        busy = (run["train"] + run["evaluation"]) / concurrent
+        rest = run["wall"] - run["start_up"] - run["to_first_epoch"] - busy - run["report"]
+        share = run["evaluation"] / (run["train"] + run["evaluation"])
+        print(f"{concurrent:>10} | " + " | ".join(f"{run[p]:>14.1f}" for p in parts)
+              + f" | {rest:>14.1f} | {share:>14.2f}")
 
 
 if __name__ == "__main__":

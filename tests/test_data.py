@@ -84,6 +84,31 @@ def test_cifar10_reads_python_pickle_batches(tmp_path: Path) -> None:
     assert data.test_y.tolist() == batches["test_batch"]["labels"]
 
 
+class RunsCode:
+    """A pickled object whose unpickling would call a function: here, create a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_batches_are_unpickled_with_only_what_a_batch_holds(tmp_path: Path, protocol: int) -> None:
+    batches = write_cifar(tmp_path, "cifar-10-batches-py", {f"data_batch_{i}": 4 for i in range(1, 6)}, "labels")
+    for name, batch in batches.items():  # numpy arrays, lists, strings and bytes, as torchvision's files
+        batch.update(batch_label=f"training batch {name}", filenames=[b"a.png"] * 4)
+        (tmp_path / "cifar-10-batches-py" / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    marker = tmp_path / "payload-ran"
+    crafted = {"data": RunsCode(marker), "labels": [0]}
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(crafted, protocol=protocol))
+    with pytest.raises(ConfigError, match=r"data.root: .*test_batch is not a CIFAR batch: its pickle names "
+                                          r"pathlib.*touch.*not loaded"):
+        load_data(DataConfig("cifar10", root=str(tmp_path)))
+    assert not marker.exists(), "the crafted batch ran its payload"
+
+
 def test_cifar100_uses_fine_labels(tmp_path: Path) -> None:
     batches = write_cifar(tmp_path, "cifar-100-python", {"train": 30, "test": 10}, "fine_labels")
     data = load_data(DataConfig("cifar100", root=str(tmp_path)))

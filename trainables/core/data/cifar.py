@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from trainables.core.data import DatasetInfo, Splits, register_dataset
+from trainables.core.registry import ConfigError
 
 CIFAR10_INFO = DatasetInfo(
     "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -18,12 +19,36 @@ CIFAR100_INFO = DatasetInfo(
 )
 
 
+# What a CIFAR batch's pickle may name: numpy arrays and their reconstruction (numpy 1 and 2
+# module names), and the codec Python 3 uses for Python 2 byte strings. Nothing that runs code.
+BATCH_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a CIFAR batch holds (dicts, lists, strings, bytes,
+    numbers, numpy arrays): a pickle naming any other callable could run code, so it is refused."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in BATCH_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def read_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (uint8 N x 3 x 32 x 32) and labels from CIFAR python-pickle batch files."""
     images, labels = [], []
     for path in paths:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+            try:
+                batch = BatchUnpickler(f, encoding="latin1").load()
+            except pickle.UnpicklingError as err:
+                raise ConfigError(f"data.root: {path} is not a CIFAR batch: its pickle names {err}, which a CIFAR "
+                                  f"batch never does (a pickle can run code, so it is not loaded)") from err
         images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch[label_key], dtype=np.int64))
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
