@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from study.tracking import FINISHED, KILLED, RUNNING, TrialTracker, start_study_
 from study.tuner import build_confirm_tuner, build_tuner, restore_tuner, trial_resources
 from trainables.core.data import DataBundle, load_data
 from trainables.core.registry import ConfigError
-from trainables.core.schema import to_dict
+from trainables.core.schema import clip, short, to_dict
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 TRIAL_METRICS = ["train_loss", "lr", "epoch_time_s", "eval_time_s", "train_time_s", "compute_time_s", "gpu_seconds"]
@@ -84,7 +86,13 @@ def check_stage_arguments(spec: StudySpec, args: argparse.Namespace) -> None:
 def check_local_device(spec: StudySpec, args: argparse.Namespace) -> None:
     """A study run on this machine (no cluster address) can only use its devices: refuse a
     GPU setting without a GPU now rather than in every trial."""
-    if args.address or os.environ.get("RAY_ADDRESS") or torch.cuda.is_available():
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        return
+    cpus = os.cpu_count() or 1
+    if spec.resources.cpu > cpus:
+        raise ConfigError(f"resources.cpu: {spec.resources.cpu} per trial, but the study runs on this machine, "
+                          f"which has {cpus} CPUs; allowed: 0 < cpu <= {cpus}")
+    if torch.cuda.is_available():
         return
     if spec.train.device == "cuda":
         raise ConfigError("train.device: cuda, but the study runs on this machine, which has no GPU; "
@@ -92,6 +100,56 @@ def check_local_device(spec: StudySpec, args: argparse.Namespace) -> None:
     if spec.train.precision == "fp16":
         raise ConfigError("train.precision: fp16 needs a GPU, and the study runs on this machine, which has none; "
                           "allowed: fp32, bf16")
+
+
+STORAGE_SCHEMES = ("file", "s3", "gs", "hdfs", "abfs")  # what pyarrow's filesystems open
+TRACKING_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def answers(host: str, port: int, option: str, timeout: float = 5.0) -> None:
+    """Refuse `option` unless something accepts a TCP connection at host:port within `timeout`."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"{option}: nothing answers at {host}:{port} ({err.strerror or err}); "
+                          f"start it or correct the address") from err
+
+
+def check_locations(args: argparse.Namespace) -> None:
+    """--storage, --tracking-uri and --address, each checked before anything starts: a known
+    scheme, a creatable and writable folder, a server and a cluster that answer. Credentials in
+    the tracking URI move to MLflow's environment variables, so the URI that is printed and
+    saved with the study holds none."""
+    scheme = args.storage.split("://", 1)[0] if "://" in args.storage else ""
+    if scheme and scheme not in STORAGE_SCHEMES:
+        raise ConfigError(f"--storage: unknown scheme {short(scheme)}; allowed: a folder, "
+                          + ", ".join(f"{s}://..." for s in STORAGE_SCHEMES))
+    if scheme and scheme != "file" and not args.tracking_uri:
+        raise ConfigError(f"--tracking-uri: required when --storage is a URI ({clip(args.storage)}); start an "
+                          "MLflow server (see the README's cluster recipe) and pass its http:// address")
+    if not scheme:
+        folder = Path(args.storage).expanduser().resolve()
+        existing = next(p for p in [folder, *folder.parents] if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"--storage: {existing} is a file; allowed: a folder (existing or to be created)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"--storage: {existing} is not writable; allowed: a folder you can write to")
+    if args.tracking_uri:
+        parsed = urllib.parse.urlsplit(args.tracking_uri)
+        if parsed.scheme and parsed.scheme.split("+")[0] not in TRACKING_SCHEMES:
+            raise ConfigError(f"--tracking-uri: unknown scheme {short(parsed.scheme)}; allowed: a folder, "
+                              + ", ".join(f"{s}://..." for s in TRACKING_SCHEMES))
+        if parsed.username or parsed.password:
+            os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parsed.username or "")
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parsed.password or "")
+            args.tracking_uri = urllib.parse.urlunsplit(parsed._replace(netloc=parsed.netloc.rpartition("@")[2]))
+        if parsed.scheme in ("http", "https"):
+            answers(parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80), "--tracking-uri")
+    if args.address and args.address not in ("auto", "local") and not args.address.startswith("ray://"):
+        host, _, port = args.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--address: {short(args.address)} is not HOST:PORT; allowed: auto, HOST:PORT")
+        answers(host, int(port), "--address")
 
 
 def resolve_spec(args: argparse.Namespace) -> StudySpec:
@@ -257,6 +315,7 @@ def load_confirm_data(spec: StudySpec) -> DataBundle:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_locations(args)
         spec = resolve_spec(args)
         check_stage_arguments(spec, args)
         check_local_device(spec, args)

@@ -21,7 +21,7 @@ from trainables.core.models import MODELS, ModelConfig, check_model, model_optio
 from trainables.core.params import Param
 from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
-from trainables.core.schema import apply_overrides, parse, require, to_dict
+from trainables.core.schema import apply_overrides, load_yaml, parse, require, to_dict
 from trainables.core.train import RunSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -140,6 +140,8 @@ class SearchConfig:
         require(self.num_samples >= 1, f"{path}.num_samples", f"must be >= 1, got {self.num_samples}")
         require(self.max_concurrent >= 1, f"{path}.max_concurrent",
                 f"must be >= 1, got {self.max_concurrent}")
+        require(self.num_samples <= 10 ** 6, f"{path}.num_samples", f"must be <= 10^6, got {self.num_samples}")
+        require(0 <= self.seed < 2 ** 32, f"{path}.seed", f"must be in 0 .. 2^32 - 1, got {self.seed}")
 
 
 @dataclass
@@ -237,9 +239,14 @@ class StudySpec(RunSettings):
                 if name != "method":
                     require(name in declared, f"{key}.{name}",
                             f"unknown hyperparameter of {point['method']}; allowed: {', '.join(declared)}")
-                    value = declared[name].check_value(value, f"{key}.{name}")
-                    require(declared[name].searchable or value == declared[name].default, f"{key}.{name}",
-                            f"fixed at {declared[name].default!r} in this study; search.first sets searched ones")
+                    param = declared[name]
+                    value = param.check_value(value, f"{key}.{name}")
+                    require(param.searchable or value == param.default, f"{key}.{name}",
+                            f"fixed at {param.default!r} in this study; search.first sets searched ones")
+                    require(param.choices is None or value in param.choices, f"{key}.{name}",
+                            f"{value!r} is not among the searched choices; allowed: {list(param.choices or [])}")
+                    require(param.low is None or param.low <= value <= param.high, f"{key}.{name}",
+                            f"{value!r} is outside the searched range; allowed: {param.low} .. {param.high}")
         require(self.scheduler.metric in measured, "scheduler.metric",
                 f"{self.scheduler.metric!r} is not measured; allowed: {', '.join(measured)}")
         if self.scheduler.kind == "asha":
@@ -343,10 +350,7 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> StudySpec:
     """Read, override (`key=value`) and validate a study spec; raises ConfigError."""
     if not path.is_file():
         raise ConfigError(f"spec: no such file {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"spec: {path} is not valid YAML: {err}") from err
+    raw = load_yaml(path.read_bytes(), f"spec {path}")
     if not isinstance(raw, dict):
         raise ConfigError(f"spec: {path} must hold a mapping of sections")
     raw = apply_overrides(apply_preset(raw), overrides or [])

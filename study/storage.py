@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from trainables.core.registry import ConfigError
+
+RUN_FOLDER = re.compile(r"(.+)-(\d{8}-\d{6})")  # a study run's folder: NAME-YYYYmmdd-HHMMSS
 
 RECORD_FILE = "study.json"
 SPEC_FILE = "spec.yaml"
@@ -68,7 +71,8 @@ class Storage:
         selector = pyarrow.fs.FileSelector(self.root, allow_not_found=True)
         runs = sorted(
             info.base_name for info in self.fs.get_file_info(selector)
-            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(f"{name}-")
+            if info.type == pyarrow.fs.FileType.Directory and RUN_FOLDER.fullmatch(info.base_name)
+            and RUN_FOLDER.fullmatch(info.base_name).group(1) == name
             and self.exists(info.base_name, RECORD_FILE)
         )
         if not runs:

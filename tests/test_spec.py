@@ -104,7 +104,7 @@ def test_set_overrides_are_applied_and_validated() -> None:
     assert spec.train.epochs == 7
     assert spec.methods.methods["pgd_l2"]["epsilon"].default == 0.5
     assert not spec.methods.methods["pgd_l2"]["epsilon"].searchable
-    with pytest.raises(ConfigError, match="--set 'train.epochs': expected key=value"):
+    with pytest.raises(ConfigError, match="--set train.epochs: expected key=value"):
         load_spec(QUICKSTART, ["train.epochs"])
 
 

@@ -3,6 +3,7 @@ the Optuna search space read that declaration."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -51,6 +52,8 @@ class Param:
         if isinstance(value, bool) or not isinstance(value, int | float):
             article = "an" if self.kind == "int" else "a"
             raise ConfigError(f"{key}: expected {article} {self.kind}, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite {self.kind}, got {value}")
         if self.kind == "int" and value != int(value):
             raise ConfigError(f"{key}: expected an int, got {value!r}")
         if self.minimum is not None and value < self.minimum:

@@ -30,18 +30,17 @@ class Registry(Generic[T]):
 
     def get(self, name: str, key: str | None = None) -> T:
         """The entry called `name`; an unknown name raises ConfigError naming `key` and the choices."""
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             where = f"{key}: " if key else ""
-            raise ConfigError(
-                f"{where}unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
-            )
+            shown = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:57]}..."
+            raise ConfigError(f"{where}unknown {self.kind} {shown}; allowed: {', '.join(self.names())}")
         return self._entries[name]
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

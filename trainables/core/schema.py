@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from typing import Any, TypeVar
@@ -47,6 +49,80 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     if check is not None:
         check(path)
     return obj
+
+
+SHORT = reprlib.Repr()
+SHORT.maxstring, SHORT.maxother, SHORT.maxlist, SHORT.maxdict, SHORT.maxlevel = 60, 60, 6, 6, 2
+
+
+def short(value: Any) -> str:
+    """A value as an error message shows it: truncated, so a huge (or alias-expanded) value
+    cannot flood the terminal or exhaust memory."""
+    return SHORT.repr(value)
+
+
+def clip(name: str) -> str:
+    """A key or an argument as an error message names it: as written when short and printable."""
+    return name if name.isprintable() and len(name) <= 80 else short(name)
+
+
+MAX_NODES = 100_000  # a spec is a few hundred values; an alias bomb expands to billions
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML forbids it; PyYAML
+    would keep the last) and a document whose aliases expand past MAX_NODES values."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                name = clip(key) if isinstance(key, str) else short(key)
+                raise ConfigError(f"{name}: given twice (lines {seen[key]} and {line}); give each key once")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def expanded_size(node: yaml.Node, budget: list[int]) -> None:
+    """Count the values of `node` with its aliases expanded, stopping once past the budget."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return
+    children = node.value if isinstance(node, yaml.SequenceNode) else (
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+    for child in children:
+        expanded_size(child, budget)
+        if budget[0] < 0:
+            return
+
+
+def load_yaml(text: str | bytes, source: str) -> Any:
+    """A YAML document from a spec file (bytes, which must be UTF-8) or a --set value, through
+    SpecLoader; a malformed, duplicated or alias-bombed document raises ConfigError naming `source`."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{source}: not UTF-8 (byte {err.start} is {text[err.start:err.start + 1]!r}); "
+                              f"save the file as UTF-8") from err
+    try:
+        loader = SpecLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            budget = [MAX_NODES]
+            expanded_size(node, budget)
+            if budget[0] < 0:
+                raise ConfigError(f"{source}: expands to more than {MAX_NODES} values (YAML aliases?); "
+                                  f"a spec is a few hundred")
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {str(err).splitlines()[0][:200]}") from err
 
 
 def describe_type(tp: Any) -> str:
@@ -96,11 +172,15 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {short(value)}")
+        if not -2 ** 63 <= value < 2 ** 63:
+            raise ConfigError(f"{key}: {short(value)} does not fit in 64 bits")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {short(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -135,13 +215,15 @@ def apply_overrides(spec: dict[str, Any], assignments: list[str]) -> dict[str, A
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. train.epochs=3")
+            raise ConfigError(f"--set {clip(assignment)}: expected key=value, e.g. train.epochs=3")
+        if not all(key.split(".")):
+            raise ConfigError(f"--set {clip(key)}: an empty part in the dotted key; expected e.g. train.epochs=3")
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {assignment!r}: {part} is not a mapping")
+                raise ConfigError(f"--set {clip(key)}: {clip(part)} is not a mapping")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = load_yaml(raw, f"--set {key}")
     return result

@@ -86,6 +86,9 @@ class TrainConfig:
         require(self.epochs >= 1, f"{path}.epochs", f"must be >= 1, got {self.epochs}")
         require(self.batch_size >= 1, f"{path}.batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.lr > 0, f"{path}.lr", f"must be > 0, got {self.lr}")
+        require(self.batch_size <= 2 ** 24, f"{path}.batch_size", f"must be <= 2^24, got {self.batch_size}")
+        require(self.epochs <= 10 ** 6, f"{path}.epochs", f"must be <= 10^6, got {self.epochs}")
+        require(0 <= self.seed < 2 ** 32, f"{path}.seed", f"must be in 0 .. 2^32 - 1, got {self.seed}")
         require(not (self.precision == "fp16" and self.device == "cpu"), f"{path}.precision",
                 "fp16 needs a GPU (autocast on the CPU runs bf16); allowed: fp32, bf16")
 

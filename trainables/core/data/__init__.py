@@ -102,6 +102,8 @@ class DataConfig:
     def check(self, path: str) -> None:
         DATASETS.get(self.dataset, f"{path}.dataset")
         require(self.val >= 0, f"{path}.val", f"must be >= 0, got {self.val}")
+        require(0 <= self.seed <= 2 ** 32 - 43, f"{path}.seed",
+                f"must be in 0 .. 2^32 - 43 (the split draws from RandomState(42 + seed)), got {self.seed}")
         require(self.subset is None or self.subset > 0, f"{path}.subset",
                 f"must be a positive number of examples, got {self.subset}")
 
