@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -44,7 +43,7 @@ from trainables.core.evaluation import (
 )
 from trainables.core.models import build_model
 from trainables.core.registry import ConfigError
-from trainables.core.schema import parse
+from trainables.core.schema import load_yaml, parse
 from trainables.core.train import resolve_device
 from trainables.trainable import EVAL_TABLES, MODEL_FILE, write_tables
 
@@ -87,7 +86,7 @@ def load_evaluation(path: Path, examples: int | None) -> EvalConfig:
     --examples says otherwise)."""
     if not path.is_file():
         raise ConfigError(f"--eval: no such file {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = load_yaml(path.read_bytes(), f"--eval {path}") or {}
     raw = raw.get("eval", raw) if isinstance(raw, dict) else raw
     config = parse(EvalConfig, {"examples": None, **raw}, "eval")
     if examples is not None:

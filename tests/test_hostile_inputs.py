@@ -201,3 +201,16 @@ def test_a_fuzzed_quickstart_is_valid_or_refused_in_one_line(tmp_path: Path) -> 
             outcomes["refused"] += 1
         assert time.perf_counter() - started < 5, f"mutation {i} took too long"
     assert outcomes["refused"] > 150 and outcomes["valid"] > 10, outcomes
+
+
+def test_the_single_run_command_refuses_a_bad_model_option_before_reading_data(tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    from trainables.core.train import main as train_main
+
+    run = {"data": {"dataset": "fashion_mnist", "root": str(tmp_path / "absent")},
+           "model": {"name": "lipconvnet", "depth": 5, "activation": "relu"}, "train": {"epochs": 1},
+           "eval": {"items": [{"kind": "certified", "eps": [0.1]}]}, "method": {"name": "lipschitz"}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    assert train_main([str(path)]) == 2
+    assert capsys.readouterr().err == "error: model.activation: 'relu' is not allowed; allowed: maxmin, hh1, hh2\n"

@@ -19,17 +19,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from trainables.core.data import DataBundle, DataConfig, load_data, train_batches
+from trainables.core.data import DATASET_INFO, DataBundle, DataConfig, load_data, train_batches
 from trainables.core.evaluation import EvalConfig, metric_warnings, run_evaluation
 from trainables.core.methods import METHODS, Method, StepContext, build_method, check_hparams, double_backprop
-from trainables.core.models import ModelConfig, build_model
+from trainables.core.models import ModelConfig, build_model, check_model
 from trainables.core.models.lipschitz import LIPSCHITZ_MODELS
 from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
-from trainables.core.schema import INTERNAL, apply_overrides, parse, require
+from trainables.core.schema import INTERNAL, apply_overrides, load_yaml, parse, require
 
 
 @dataclass
@@ -182,6 +181,7 @@ class RunConfig(RunSettings):
     def check(self, path: str) -> None:
         super().check(path)
         self.train.check_method(self.method.name, "method.name")
+        check_model(self.model, DATASET_INFO[self.data.dataset])  # option values, before any data is read
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -354,7 +354,9 @@ def fit(
 def load_run_config(path: Path, overrides: list[str]) -> RunConfig:
     """A run YAML (data, model, train, eval, method sections, or a `preset`) with `--set`
     overrides applied."""
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = load_yaml(path.read_bytes(), f"config {path}") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: must hold a mapping of sections")
     return parse(RunConfig, apply_overrides(apply_preset(raw), overrides), "")
 
 
