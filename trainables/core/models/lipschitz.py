@@ -47,12 +47,13 @@ class Center(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         stds = (std,) if isinstance(std, int | float) else tuple(std)
         self.register_buffer("std", torch.tensor(stds).view(1, -1, 1, 1), persistent=False)
+        self.bound = 1.0 / min(stds)  # a Python number: reading it never waits for a GPU
 
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
 
     def norm_bound(self) -> float:
-        return 1.0 / float(self.std.min())
+        return self.bound
 
 
 class NormalizedLinear(nn.Linear):
