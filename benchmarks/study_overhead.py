@@ -5,8 +5,8 @@ MLflow, checkpoints included) as a ratio to the sum of the same trials' times ru
 (`core.fit` in this process, one after another, evaluation included), and the time from launch
 to the first trial's first epoch. Then, per concurrency, where the study's wall time went:
 start-up until the study's MLflow run exists (imports, data, a local Ray, the MLflow database),
-from there to the first epoch's report (Tune, the trial's process and imports), the trials'
-training and evaluation (summed over trials, from their reports), the analysis and report
+from there to the first trial's start of training (Tune, the trial's process and imports), the
+trials' training and evaluation (summed over trials, from their reports), the analysis and report
 after Tune ends, and the rest (Tune's loop, checkpoints, MLflow writes, waiting); and
 evaluation's share of the trials' compute. Prints two tables.
 
@@ -82,12 +82,15 @@ def study_run(spec_path: Path, concurrent: int, folder: Path) -> dict[str, float
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("overhead")
     trials = client.search_runs([experiment.experiment_id], filter_string="tags.`robust_study.trial_id` != ''")
-    first = min(m.timestamp for run in trials for m in client.get_metric_history(run.info.run_id, "train_loss")
-                if m.step == 1) / 1000 - started
+    first_run, first = min(((run, m.timestamp / 1000 - started) for run in trials
+                            for m in client.get_metric_history(run.info.run_id, "train_loss") if m.step == 1),
+                           key=lambda pair: pair[1])
+    first_work = sum(m.value for name in ("epoch_time_s", "eval_time_s")
+                     for m in client.get_metric_history(first_run.info.run_id, name) if m.step == 1)
     train = sum(run.data.metrics["train_time_s"] for run in trials)
     evaluation = sum(run.data.metrics["compute_time_s"] - run.data.metrics["train_time_s"] for run in trials)
     return {"wall": wall, "first_epoch": first, "start_up": marks["study_run"],
-            "to_first_epoch": first - marks["study_run"], "train": train, "evaluation": evaluation,
+            "to_first_epoch": first - first_work - marks["study_run"], "train": train, "evaluation": evaluation,
             "report": wall - marks["tune_end"]}
 
 

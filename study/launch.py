@@ -43,7 +43,7 @@ from study.space import describe_space
 from study.spec import StudySpec, load_spec
 from study.storage import SPEC_FILE, Storage, StudyRecord, check_cluster
 from study.tracking import FINISHED, KILLED, RUNNING, TrialTracker, start_study_run, ui_links
-from study.tuner import build_confirm_tuner, build_tuner, restore_tuner, trial_resources
+from study.tuner import build_confirm_tuner, build_tuner, check_node_resources, restore_tuner, trial_resources
 from trainables.core.data import DataBundle, load_data
 from trainables.core.registry import ConfigError
 from trainables.core.schema import clip, short, to_dict
@@ -279,6 +279,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
     ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
     try:
         check_cluster(storage, tracking_uri)
+        check_node_resources(spec)
         client = MlflowClient(tracking_uri)
         record = resumed or start_study(spec, storage, tracking_uri, client)
         if resumed:

@@ -78,6 +78,22 @@ def test_a_sqlite_tracking_uri_is_refused_on_a_multi_node_cluster(
     assert not storage.exists() or not any(p.is_dir() for p in storage.iterdir()), "nothing was started"
 
 
+def test_a_trial_larger_than_every_node_is_refused_before_anything_is_recorded(
+    cluster: Cluster, tracking_uri: str, tiny_fashion_root: Path, tmp_path: Path
+) -> None:
+    spec = cluster_spec(tiny_fashion_root, "toolarge", 2, 2)
+    spec["resources"] = {"cpu": 2, "gpu": 0}  # two nodes of one CPU: Tune would wait forever
+    done = subprocess.run(
+        launch_command(write_spec(tmp_path, spec), "--address", cluster.address, "--storage", str(tmp_path / "runs"),
+                       "--tracking-uri", tracking_uri),
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr.endswith("error: resources.cpu: 2.0 per trial, but the largest node has 1 CPUs; "
+                                "allowed: 0 < cpu <= 1\n"), done.stderr[-2000:]
+    assert MlflowClient(tracking_uri).get_experiment_by_name("toolarge") is None
+
+
 def test_trials_spread_over_two_nodes(
     cluster: Cluster, tracking_uri: str, tiny_fashion_root: Path, tmp_path: Path
 ) -> None:
