@@ -42,6 +42,7 @@ from analysis.records import (
     short_name,
     short_value,
 )
+from trainables.core.registry import ConfigError
 from trainables.core.train import EVAL_WARNINGS
 from trainables.trainable import EVAL_TABLES, FIGURES, MODEL_FILE
 
@@ -83,6 +84,9 @@ def start_study_run(
     if found is None:
         experiment_id = client.create_experiment(experiment, artifact_location=artifact_location,
                                                  tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    elif found.lifecycle_stage == "deleted":  # MLflow would refuse every run in it with a traceback
+        raise ConfigError(f"tracking.experiment: {experiment!r} exists in MLflow but is deleted; restore it "
+                          f"(mlflow experiments restore --experiment-id {found.experiment_id}) or name another")
     else:
         experiment_id = found.experiment_id
         if EXPERIMENT_KIND_TAG not in found.tags:

@@ -214,3 +214,19 @@ def test_the_single_run_command_refuses_a_bad_model_option_before_reading_data(t
     path.write_text(yaml.safe_dump(run))
     assert train_main([str(path)]) == 2
     assert capsys.readouterr().err == "error: model.activation: 'relu' is not allowed; allowed: maxmin, hh1, hh2\n"
+
+
+def test_a_deleted_experiment_of_the_studys_name_is_named_not_a_traceback(
+    tiny_fashion_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    client.delete_experiment(client.create_experiment("deleted"))
+    spec = write_spec(tmp_path, tiny_spec(tiny_fashion_root, name="deleted"))
+    assert main([str(spec), "--storage", str(storage)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: tracking.experiment: 'deleted' exists in MLflow but is deleted; restore it")
+    assert client.search_runs([client.get_experiment_by_name("deleted").experiment_id]) == []
