@@ -157,7 +157,8 @@ def test_a_node_removed_mid_study_reschedules_its_trials(
         assert after == list(range(after[0], epochs + 1))
 
 
-def test_a_storage_folder_some_node_cannot_see_is_refused(tiny_fashion_root: Path, tmp_path: Path) -> None:
+def test_a_storage_folder_some_node_cannot_see_is_refused(tracking_uri: str, tiny_fashion_root: Path,
+                                                           tmp_path: Path) -> None:
     """A second node in its own mount namespace, where the storage folder is hidden under a
     tmpfs: the launcher's probe task on that node cannot see the probe file, so it refuses."""
     storage = tmp_path / "runs"
@@ -179,7 +180,7 @@ def test_a_storage_folder_some_node_cannot_see_is_refused(tiny_fashion_root: Pat
         spec = write_spec(tmp_path, cluster_spec(tiny_fashion_root, "blind", 1, 1))
         done = subprocess.run(
             launch_command(spec, "--address", head.address, "--storage", str(storage),
-                           "--tracking-uri", "http://127.0.0.1:5000"),
+                           "--tracking-uri", tracking_uri),
             cwd=tmp_path, capture_output=True, text=True, timeout=300,
         )
     finally:

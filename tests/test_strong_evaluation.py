@@ -206,8 +206,8 @@ def test_pgd_best_iterate_and_restarts_never_break_fewer_points(cnn: tuple) -> N
     ({"kind": "autoattack", "norm": "l3", "eps": [1.0]}, r"items\[0\]\.norm: 'l3' is not allowed; allowed: l2, linf"),
     ({"kind": "autoattack", "version": "rand", "eps": [1.0]}, r"items\[0\]\.version: 'rand' is not allowed"),
     ({"kind": "autoattack", "eps": [0.0]}, r"items\[0\]\.eps: needs one or more positive finite"),
-    ({"kind": "autoattack", "eps": [math.inf]}, r"items\[0\]\.eps: needs one or more positive finite"),
-    ({"kind": "min_norm", "eps": [math.nan]}, r"items\[0\]\.eps: needs one or more positive finite"),
+    ({"kind": "autoattack", "eps": [math.inf]}, r"items\[0\]\.eps\[0\]: expected a finite number, got inf"),
+    ({"kind": "min_norm", "eps": [math.nan]}, r"items\[0\]\.eps\[0\]: expected a finite number, got nan"),
     ({"kind": "min_norm", "attacks": ["cw"], "eps": [1.0]}, r"attacks\[0\]: unknown minimum-norm attack 'cw'; allowed"),
     ({"kind": "min_norm", "norm": "linf", "attacks": ["ddn"], "eps": [0.1]}, r"ddn does not minimize the linf"),
 ])
