@@ -88,11 +88,9 @@ def check_local_device(spec: StudySpec, args: argparse.Namespace) -> None:
     GPU setting without a GPU now rather than in every trial."""
     if args.address or os.environ.get("RAY_ADDRESS"):
         return
-    cpus = os.cpu_count() or 1
-    if spec.resources.cpu > cpus:
-        raise ConfigError(f"resources.cpu: {spec.resources.cpu} per trial, but the study runs on this machine, "
-                          f"which has {cpus} CPUs; allowed: 0 < cpu <= {cpus}")
-    if torch.cuda.is_available():
+    gpus = torch.cuda.device_count()
+    spec.resources.require_within(os.cpu_count() or 1, gpus, "the study runs on this machine, which")
+    if gpus:
         return
     if spec.train.device == "cuda":
         raise ConfigError("train.device: cuda, but the study runs on this machine, which has no GPU; "

@@ -156,6 +156,15 @@ class ResourcesConfig:
         require(0 <= self.gpu and (self.gpu <= 1 or self.gpu == int(self.gpu)), f"{path}.gpu",
                 f"must be a fraction in [0, 1] or a whole number of GPUs, got {self.gpu}")
 
+    def require_within(self, cpus: float, gpus: float, holder: str) -> None:
+        """Refuse a per-trial request larger than `holder` (the largest node, or this machine):
+        a trial runs on one node, and Tune would wait for a larger one forever. `gpus` 0: none
+        there, so the GPU share is dropped (with a notice) rather than refused."""
+        require(self.cpu <= cpus, "resources.cpu",
+                f"{self.cpu} per trial, but {holder} has {cpus:g} CPUs; allowed: 0 < cpu <= {cpus:g}")
+        require(gpus == 0 or self.gpu <= gpus, "resources.gpu",
+                f"{self.gpu} per trial, but {holder} has {gpus:g} GPUs; allowed: 0 <= gpu <= {gpus:g}")
+
 
 @dataclass
 class FaultsConfig:

@@ -19,7 +19,6 @@ from analysis.records import short_name
 from study.space import MethodSearchSpace, first_points
 from study.spec import StudySpec
 from trainables.core.data import DataBundle
-from trainables.core.schema import require
 from trainables.core.train import RunSettings
 from trainables.trainable import train_trial
 
@@ -38,15 +37,8 @@ def check_node_resources(spec: StudySpec) -> None:
     """Refuse a per-trial request that no node of the cluster can hold (a trial runs on one
     node), before anything is recorded: otherwise Tune waits for such a node forever."""
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    largest_cpu = max(node.get("CPU", 0.0) for node in nodes)
-    require(spec.resources.cpu <= largest_cpu, "resources.cpu",
-            f"{spec.resources.cpu} per trial, but the largest node has {largest_cpu:g} CPUs; "
-            f"allowed: 0 < cpu <= {largest_cpu:g}")
-    largest_gpu = max(node.get("GPU", 0.0) for node in nodes)
-    if largest_gpu > 0:
-        require(spec.resources.gpu <= largest_gpu, "resources.gpu",
-                f"{spec.resources.gpu} per trial, but the largest node has {largest_gpu:g} GPUs; "
-                f"allowed: 0 <= gpu <= {largest_gpu:g}")
+    spec.resources.require_within(max(node.get("CPU", 0.0) for node in nodes),
+                                  max(node.get("GPU", 0.0) for node in nodes), "the largest node")
 
 
 def make_scheduler(spec: StudySpec) -> TrialScheduler:
