@@ -146,15 +146,25 @@ class SearchConfig:
 
 @dataclass
 class ResourcesConfig:
-    """Per trial. A fractional `gpu` packs several trials on one GPU (0.25: four)."""
+    """Per trial. A fractional `gpu` packs several trials on one GPU (0.25: four). On a cluster
+    whose autoscaler adds nodes (`autoscaling: true`; Ray does not tell a program whether one
+    runs), a request no node holds yet is asked of the autoscaler and waited for `wait_s`."""
 
     cpu: float = 1.0
     gpu: float = 0.0
+    autoscaling: bool = False
+    wait_s: float = 600.0
 
     def check(self, path: str) -> None:
         require(self.cpu > 0, f"{path}.cpu", f"must be > 0, got {self.cpu}")
         require(0 <= self.gpu and (self.gpu <= 1 or self.gpu == int(self.gpu)), f"{path}.gpu",
                 f"must be a fraction in [0, 1] or a whole number of GPUs, got {self.gpu}")
+        require(0 < self.wait_s <= 86400, f"{path}.wait_s", f"must be in (0, 86400] seconds, got {self.wait_s}")
+
+    def fits(self, cpus: float, gpus: float) -> bool:
+        """Whether a node of `cpus` CPUs and `gpus` GPUs holds one trial (on a node without GPUs
+        the GPU share is dropped, except where an autoscaler can add a node that has them)."""
+        return self.cpu <= cpus and (self.gpu <= gpus or (gpus == 0 and not self.autoscaling))
 
     def require_within(self, cpus: float, gpus: float, holder: str) -> None:
         """Refuse a per-trial request larger than `holder` (the largest node, or this machine):

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+import time
 from typing import Any
 
 import optuna
 import ray
 from ray import tune
+from ray.autoscaler.sdk import request_resources
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -19,6 +22,7 @@ from analysis.records import short_name
 from study.space import MethodSearchSpace, first_points
 from study.spec import StudySpec
 from trainables.core.data import DataBundle
+from trainables.core.registry import ConfigError
 from trainables.core.train import RunSettings
 from trainables.trainable import train_trial
 
@@ -33,12 +37,33 @@ def trial_resources(spec: StudySpec) -> dict[str, float]:
     return {"cpu": spec.resources.cpu, "gpu": gpu}
 
 
-def check_node_resources(spec: StudySpec) -> None:
-    """Refuse a per-trial request that no node of the cluster can hold (a trial runs on one
-    node), before anything is recorded: otherwise Tune waits for such a node forever."""
+def largest_node() -> tuple[float, float]:
+    """(CPUs, GPUs) of the live node with the most of each."""
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    spec.resources.require_within(max(node.get("CPU", 0.0) for node in nodes),
-                                  max(node.get("GPU", 0.0) for node in nodes), "the largest node")
+    return max(node.get("CPU", 0.0) for node in nodes), max(node.get("GPU", 0.0) for node in nodes)
+
+
+def check_node_resources(spec: StudySpec, poll_s: float = 2.0) -> None:
+    """Refuse a per-trial request that no node of the cluster can hold (a trial runs on one
+    node), before anything is recorded: otherwise Tune waits for such a node forever. With
+    `resources.autoscaling`, ask the autoscaler for such a node and wait up to `wait_s` first."""
+    resources = spec.resources
+    cpus, gpus = largest_node()
+    if resources.autoscaling and not resources.fits(cpus, gpus):
+        request_resources(bundles=[{"CPU": resources.cpu, **({"GPU": resources.gpu} if resources.gpu else {})}])
+        print(f"warning: resources: no node holds {resources.cpu:g} CPU and {resources.gpu:g} GPU per trial yet "
+              f"(the largest has {cpus:g} and {gpus:g}); asked the autoscaler for one, waiting up to "
+              f"resources.wait_s = {resources.wait_s:g} s", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + resources.wait_s
+        while not resources.fits(cpus, gpus) and time.monotonic() < deadline:
+            time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
+            cpus, gpus = largest_node()
+    if resources.autoscaling and not resources.fits(cpus, gpus):
+        needs = "resources.cpu" if resources.cpu > cpus else "resources.gpu"
+        raise ConfigError(f"{needs}: after resources.wait_s = {resources.wait_s:g} s no node holds a trial "
+                          f"({resources.cpu:g} CPU, {resources.gpu:g} GPU); the largest has {cpus:g} CPUs and "
+                          f"{gpus:g} GPUs; allowed: a request the autoscaler's node types hold, or a longer wait_s")
+    resources.require_within(cpus, gpus, "the largest node")
 
 
 def make_scheduler(spec: StudySpec) -> TrialScheduler:

@@ -5,6 +5,8 @@ the cluster cannot serve refused up front, fractional GPUs packed by the schedul
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from analysis.records import FAILURES_TAG, NODE_TAG, TRIAL_TAG
+from study.spec import load_spec
+from study.tuner import check_node_resources
 from tests.helpers import (
     RAY_CLI,
     epochs_logged,
@@ -92,6 +96,51 @@ def test_a_trial_larger_than_every_node_is_refused_before_anything_is_recorded(
     assert done.stderr.endswith("error: resources.cpu: 2.0 per trial, but the largest node has 1 CPUs; "
                                 "allowed: 0 < cpu <= 1\n"), done.stderr[-2000:]
     assert MlflowClient(tracking_uri).get_experiment_by_name("toolarge") is None
+
+
+def test_with_autoscaling_a_trial_larger_than_every_node_is_waited_for_then_refused(
+    cluster: Cluster, tracking_uri: str, tiny_fashion_root: Path, tmp_path: Path
+) -> None:
+    spec = cluster_spec(tiny_fashion_root, "autoscaled", 2, 2)
+    spec["resources"] = {"cpu": 2, "gpu": 0, "autoscaling": True, "wait_s": 2}
+    started = time.monotonic()
+    done = subprocess.run(
+        launch_command(write_spec(tmp_path, spec), "--address", cluster.address, "--storage", str(tmp_path / "runs"),
+                       "--tracking-uri", tracking_uri),
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2 and time.monotonic() - started >= 2, done.stderr[-3000:]
+    assert "warning: resources: no node holds 2 CPU and 0 GPU per trial yet (the largest has 1 and 0); " \
+           "asked the autoscaler for one, waiting up to resources.wait_s = 2 s" in done.stderr
+    assert done.stderr.endswith("error: resources.cpu: after resources.wait_s = 2 s no node holds a trial (2 CPU, "
+                                "0 GPU); the largest has 1 CPUs and 0 GPUs; allowed: a request the autoscaler's "
+                                "node types hold, or a longer wait_s\n"), done.stderr[-2000:]
+    assert MlflowClient(tracking_uri).get_experiment_by_name("autoscaled") is None
+
+
+def test_with_autoscaling_a_node_that_joins_during_the_wait_ends_it(
+    cluster: Cluster, tiny_fashion_root: Path, tmp_path: Path
+) -> None:
+    spec = cluster_spec(tiny_fashion_root, "joined", 1, 1)
+    spec["resources"] = {"cpu": 2, "gpu": 0, "autoscaling": True, "wait_s": 60}
+    waited: list[float] = []
+
+    def wait() -> None:  # the launcher's wait; Ray adds nodes from the main thread only
+        started = time.monotonic()
+        check_node_resources(load_spec(write_spec(tmp_path, spec), []), poll_s=0.2)
+        waited.append(time.monotonic() - started)
+
+    ray.init(address=cluster.address)
+    waiter = threading.Thread(target=wait)
+    try:
+        waiter.start()
+        time.sleep(2.0)
+        node = cluster.add_node(num_cpus=2)
+        waiter.join(60)
+    finally:
+        ray.shutdown()
+    cluster.remove_node(node)
+    assert len(waited) == 1 and 2.0 <= waited[0] < 30
 
 
 def test_trials_spread_over_two_nodes(
