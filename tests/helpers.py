@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,21 +136,26 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend; yields its URI, then stops it."""
+def mlflow_server(folder: Path, app: str | None = None) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend (and `app`, e.g. MLflow's
+    `basic-auth`, whose admin is made admin / s3cret-Tr4cking-pw); yields its URI, then stops it."""
     port = free_port()
     log = open(folder / "mlflow-server.log", "ab")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
+         "--workers", "1", *(["--app-name", app] if app else [])],
         cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_FLASK_SERVER_SECRET_KEY": "robust-study-tests",
+             "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-Tr4cking-pw"},
     )
     uri = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
         try:
             return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
+        except urllib.error.HTTPError as error:
+            return error.code == 401  # up, and asking for credentials
         except OSError:
             return False
 

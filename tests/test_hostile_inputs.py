@@ -12,15 +12,18 @@ import re
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from study.launch import check_locations, main, parse_args
 from study.spec import load_spec
 from study.storage import RECORD_FILE, Storage
-from tests.helpers import launch_command, tiny_spec, write_spec
+from tests.helpers import launch_command, mlflow_server, study_runs, tiny_spec, write_spec
 from trainables.core.registry import ConfigError
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
@@ -230,3 +233,27 @@ def test_a_deleted_experiment_of_the_studys_name_is_named_not_a_traceback(
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own log lines
     assert error.startswith("error: tracking.experiment: 'deleted' exists in MLflow but is deleted; restore it")
     assert client.search_runs([client.get_experiment_by_name("deleted").experiment_id]) == []
+
+
+@pytest.mark.integration
+def test_credentials_in_the_tracking_uri_are_never_printed_nor_saved(tiny_fashion_root: Path, tmp_path: Path) -> None:
+    with mlflow_server(tmp_path, app="basic-auth") as uri:
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # the server does ask for credentials
+            urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=5)
+        spec = write_spec(tmp_path, tiny_spec(tiny_fashion_root, name="secret", train={"epochs": 1},
+                                              methods={"clean": {}}, scheduler={"kind": "fifo"},
+                                              search={"num_samples": 1, "max_concurrent": 1, "seed": 0}))
+        secret_uri = uri.replace("http://", "http://admin:s3cret-Tr4cking-pw@")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+        done = subprocess.run(launch_command(spec, "--storage", str(tmp_path / "runs"), "--tracking-uri", secret_uri),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"at {uri}" in done.stdout and "s3cret-Tr4cking-pw" not in done.stdout + done.stderr
+        saved = [path for path in (tmp_path / "runs").rglob("*") if path.is_file()]
+        assert saved and not [path for path in saved if b"s3cret-Tr4cking-pw" in path.read_bytes()]
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="s3cret-Tr4cking-pw")
+        try:
+            parents, trials = study_runs(MlflowClient(uri), "secret")
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        assert (len(parents), len(trials)) == (1, 1)
