@@ -35,6 +35,7 @@ from analysis.pareto import (  # noqa: E402
     robust_label,
     study_trials,
 )
+from analysis.plotting import finish  # noqa: E402
 from analysis.records import CONFIRM, find_study_run  # noqa: E402
 
 CLEAN_METRIC = "final_clean_acc"
@@ -106,11 +107,7 @@ def plot_cross_front(summary: pd.DataFrame, robust: str, certified: str | None, 
     ax.set_xlabel("clean accuracy")
     ax.set_ylabel("accuracy under attack (filled) / certified (hollow)")
     ax.set_title(f"confirmed configurations: mean, {CONFIDENCE:.0%} CI over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, ax, path, legend_size=7)
 
 
 def plot_cost(summary: pd.DataFrame, robust: str, certified: str | None, path: Path) -> None:
@@ -124,11 +121,7 @@ def plot_cost(summary: pd.DataFrame, robust: str, certified: str | None, path: P
     ax.set_xscale("log")
     ax.set_xlabel("compute seconds per trial (training and evaluation, one CPU core)")
     ax.set_ylabel("robust (filled) / certified (hollow) accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, ax, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from analysis.pareto import best_per_method, study_trials  # noqa: E402
+from analysis.plotting import finish  # noqa: E402
 from analysis.records import SEARCH, add_study_arguments, open_study  # noqa: E402
 
 
@@ -84,11 +85,7 @@ def plot_curves(curves: pd.DataFrame, areas: pd.Series, attack: str, path: Path)
     ax.set_xlabel("eps")
     ax.set_ylabel("accuracy")
     ax.set_title(f"accuracy vs eps: {attack}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, ax, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from analysis.hypervolume import hypervolume, hypervolume_progress, plot_hypervolume  # noqa: E402
+from analysis.plotting import finish  # noqa: E402
 from analysis.records import (  # noqa: E402
     CONFIRM,
     CONFIRM_ROBUST_METRIC_TAG,
@@ -237,11 +238,7 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, pa
     ax.set_ylabel(f"robust accuracy ({robust_label(robust_metric)})")
     ax.set_title("confirmed over seeds (faint: the search)" if confirmed
                  else "clean vs robust accuracy (hollow: stopped early)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, ax, path)
 
 
 def robust_label(metric: str) -> str:
