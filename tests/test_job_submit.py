@@ -17,10 +17,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_study_runs_as_a_ray_job(tiny_fashion_root: Path, tmp_path: Path) -> None:
-    port, dashboard = free_port(), free_port()
-    head = subprocess.Popen(
+    port, dashboard, agent = free_port(), free_port(), free_port()
+    head = subprocess.Popen(  # its own agent port: another Ray on this machine holds the default one
         [RAY_CLI, "start", "--head", "--port", str(port), "--dashboard-port", str(dashboard), "--num-cpus", "2",
-         "--include-dashboard", "true", "--disable-usage-stats", "--dashboard-host", "127.0.0.1"],
+         "--include-dashboard", "true", "--disable-usage-stats", "--dashboard-host", "127.0.0.1",
+         "--dashboard-agent-listen-port", str(agent)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
