@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -161,12 +162,19 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
     confirming = spec.confirm is not None and not args.no_confirm
     data = load_data(spec.data)
     confirm_data = load_confirm_data(spec) if confirming else None
-    # "local" starts a fresh Ray even where a stale /tmp/ray/ray_current_cluster names a dead one
-    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # a local Ray refuses nothing the launcher has not checked: open MLflow's store while it starts
+        tracking = pool.submit(open_tracking, storage, tracking_uri) if address is None else None
+        # "local" starts a fresh Ray even where a stale /tmp/ray/ray_current_cluster names a dead one
+        ray.init(address=address or "local", include_dashboard=False)
+        if tracking is not None:
+            client = tracking.result()
     try:
         check_cluster(storage, tracking_uri)
         check_node_resources(spec)
-        client = MlflowClient(tracking_uri)
+        if tracking is None:
+            client = open_tracking(storage, tracking_uri)
         record = resumed or start_study(spec, storage, tracking_uri, client)
         if resumed:
             client.update_run(record.parent_run_id, status=RUNNING)
@@ -189,6 +197,16 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
               f"--storage {args.storage} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if errors == spec.search.num_samples else 0
+
+
+def open_tracking(storage: Storage, tracking_uri: str) -> MlflowClient:
+    """A client of the study's MLflow store, created (a new SQLite database: seconds of schema
+    migrations) where it does not exist yet."""
+    if storage.local:
+        storage.fs.create_dir(storage.root, recursive=True)
+    client = MlflowClient(tracking_uri)
+    client.search_experiments(max_results=1)
+    return client
 
 
 def load_confirm_data(spec: StudySpec) -> DataBundle:
