@@ -8,7 +8,8 @@ It answers "which family wins where" when each family was confirmed in its own s
 
 `python -m analysis.compare --tracking-uri URI --experiments kernel_reg_fashion sgr lipschitz
 --robust final_autoattack_l2_eps1_acc --certified final_certified_eps1_acc --out OUT` writes
-summary.csv, summary.md, front.png and cost.png to OUT.
+summary.csv, summary.md, front.png and cost.png to OUT; `--summaries OLD/summary.csv` joins an
+earlier run's table (a study whose MLflow store is elsewhere or gone).
 """
 
 from __future__ import annotations
@@ -69,6 +70,20 @@ def compare_studies(client: MlflowClient, experiments: list[str], metrics: list[
     return summary[["study"] + [c for c in summary.columns if c != "study"]]
 
 
+def read_summaries(paths: list[Path], metrics: list[str]) -> pd.DataFrame:
+    """Earlier `summary.csv` tables of this command (studies whose MLflow store is elsewhere or
+    gone), cut to `metrics`; a metric a table lacks is nan (unmeasured)."""
+    columns = ["study", "config_id", "method", "hyperparameters", "seeds"] + [
+        name for metric in metrics for name in (metric, f"{metric}_half")]
+    tables = []
+    for path in paths:
+        table = pd.read_csv(path, dtype={"config_id": str})
+        if missing := [c for c in columns[:5] if c not in table.columns]:
+            raise LookupError(f"{path} is not a summary.csv of this command: no column {', '.join(missing)}")
+        tables.append(table.reindex(columns=columns))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+
+
 def cross_front(summary: pd.DataFrame, robust: str) -> pd.DataFrame:
     """The configurations that measured `robust` whose means (clean, robust) no other's dominate."""
     measured = summary.dropna(subset=[CLEAN_METRIC, robust])
@@ -126,8 +141,10 @@ def plot_cost(summary: pd.DataFrame, robust: str, certified: str | None, path: P
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", required=True)
-    parser.add_argument("--experiments", nargs="+", required=True)
+    parser.add_argument("--tracking-uri")
+    parser.add_argument("--experiments", nargs="+", default=[])
+    parser.add_argument("--summaries", nargs="+", type=Path, default=[],
+                        help="earlier summary.csv files of this command, joined to the table")
     parser.add_argument("--robust", required=True, help="the front's robust metric, e.g. final_autoattack_l2_eps1_acc")
     parser.add_argument("--certified", help="a certified metric drawn beside it, e.g. final_certified_eps1_acc")
     parser.add_argument("--metrics", nargs="*", default=[], help="more metrics for the table")
@@ -135,11 +152,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     metrics = list(dict.fromkeys([CLEAN_METRIC, args.robust] + ([args.certified] if args.certified else [])
                                  + args.metrics + [COST_METRIC]))
+    if not args.experiments and not args.summaries:
+        parser.error("give --experiments (with --tracking-uri), --summaries, or both")
+    if args.experiments and not args.tracking_uri:
+        parser.error("--experiments needs --tracking-uri")
     try:
-        summary = compare_studies(MlflowClient(args.tracking_uri), args.experiments, metrics)
+        studies = ([compare_studies(MlflowClient(args.tracking_uri), args.experiments, metrics)]
+                   if args.experiments else [])
     except LookupError as error:
         print(f"error: --experiments: {error}", file=sys.stderr)
         return 2
+    try:
+        earlier = read_summaries(args.summaries, metrics)
+    except (LookupError, OSError, pd.errors.ParserError) as error:
+        print(f"error: --summaries: {error}", file=sys.stderr)
+        return 2
+    summary = pd.concat([*studies, earlier], ignore_index=True) if studies else earlier
     args.out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(args.out / "summary.csv", index=False)
     (args.out / "summary.md").write_text(markdown(summary, metrics))

@@ -8,7 +8,9 @@ start-up until the study's MLflow run exists (imports, data, a local Ray, the ML
 from there to the first trial's start of training (Tune, the trial's process and imports), the
 trials' training and evaluation (summed over trials, from their reports), the analysis and report
 after Tune ends, and the rest (Tune's loop, checkpoints, MLflow writes, waiting); and
-evaluation's share of the trials' compute. Prints two tables.
+evaluation's share of the trials' compute; and the fixed cost against the part that grows with
+the work, hence how much bare work a study needs before its wall time is within 1.10x. Prints
+three tables.
 
     python benchmarks/study_overhead.py [--trials 4] [--epochs 2] [--subset 10000]
 """
@@ -122,6 +124,14 @@ def main() -> None:
         share = run["evaluation"] / (run["train"] + run["evaluation"])
         print(f"{concurrent:>10} | " + " | ".join(f"{run[p]:>14.1f}" for p in parts)
               + f" | {rest:>14.1f} | {share:>14.2f}")
+    print("\nFixed cost (start-up, to first training, report) and the bare work from which wall / bare <= 1.10 "
+          "(if the rest grows with the work as measured here):")
+    print(f"{'concurrent':>10} | {'fixed s':>8} | {'rest / bare':>11} | {'bare s for 1.10':>15}")
+    for concurrent, run in runs.items():
+        fixed = run["start_up"] + run["to_first_epoch"] + run["report"]
+        proportional = (run["wall"] - fixed) / bare - 1
+        needed = fixed / (0.10 - proportional) if proportional < 0.10 else float("inf")
+        print(f"{concurrent:>10} | {fixed:>8.1f} | {proportional:>11.2f} | {needed:>15.0f}")
 
 
 if __name__ == "__main__":

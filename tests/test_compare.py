@@ -79,3 +79,29 @@ def test_an_unknown_experiment_is_one_error_line(store: str, tmp_path: Path,
                          "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip() == "error: --experiments: no MLflow experiment named 'nope'"
     assert not (tmp_path / "x").exists()
+
+
+def test_an_earlier_summary_joins_a_live_study_as_if_read_from_its_store(store: str, tmp_path: Path) -> None:
+    both = tmp_path / "both"
+    assert compare.main(["--tracking-uri", store, "--experiments", "attacked", "certified", "--robust", AA,
+                         "--certified", CERT, "--out", str(both)]) == 0
+    earlier = tmp_path / "earlier"
+    assert compare.main(["--tracking-uri", store, "--experiments", "attacked", "--robust", AA,
+                         "--out", str(earlier)]) == 0  # a table without the certified metric
+    joined = tmp_path / "joined"
+    assert compare.main(["--tracking-uri", store, "--experiments", "certified", "--summaries",
+                         str(earlier / "summary.csv"), "--robust", AA, "--certified", CERT,
+                         "--out", str(joined)]) == 0
+    expected = pd.read_csv(both / "summary.csv").set_index("config_id").sort_index()
+    got = pd.read_csv(joined / "summary.csv").set_index("config_id").sort_index()
+    pd.testing.assert_frame_equal(got[expected.columns], expected)
+    assert math.isnan(got.loc["pgd-a", CERT])
+
+
+def test_a_file_that_is_not_a_summary_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("a,b\n1,2\n")
+    assert compare.main(["--summaries", str(wrong), "--robust", AA, "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --summaries: {wrong} is not a summary.csv of this command: "
+                                               "no column study, config_id, method, hyperparameters, seeds")
+    assert not (tmp_path / "x").exists()
