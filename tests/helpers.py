@@ -138,7 +138,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def mlflow_server(folder: Path, app: str | None = None) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend (and `app`, e.g. MLflow's
-    `basic-auth`, whose admin is made admin / s3cret-Tr4cking-pw); yields its URI, then stops it."""
+    `basic-auth`, whose admin is made admin / s3cret-Tr4cking-pw), a tracking server only (no
+    GenAI job runner, as the README's recipe); yields its URI, then stops it."""
     port = free_port()
     log = open(folder / "mlflow-server.log", "ab")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(
@@ -147,7 +148,8 @@ def mlflow_server(folder: Path, app: str | None = None) -> Iterator[str]:
          "--workers", "1", *(["--app-name", app] if app else [])],
         cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "MLFLOW_FLASK_SERVER_SECRET_KEY": "robust-study-tests",
-             "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-Tr4cking-pw"},
+             "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-Tr4cking-pw",
+             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # its GenAI job runner slows every request for minutes
     )
     uri = f"http://127.0.0.1:{port}"
 

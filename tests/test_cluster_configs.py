@@ -19,7 +19,8 @@ def test_cluster_config_is_valid_and_sets_up_the_project(path: Path) -> None:
     assert config["file_mounts"]["~/robust-study"] == "."
     assert "~/.ray/auth_token" in config["file_mounts"]
     assert any("pip install" in c and "robust-study" in c for c in config["setup_commands"])
-    assert any(c.lstrip().startswith("nohup mlflow server") for c in config["head_start_ray_commands"])
+    assert any(c.lstrip().startswith("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup mlflow server")
+               for c in config["head_start_ray_commands"])
 
 
 def test_both_an_on_premises_and_a_cloud_example_exist() -> None:
