@@ -138,7 +138,8 @@ def test_pgd_inside_the_certified_radius_never_changes_a_certified_prediction(
     assert certified.sum() >= 5, f"{int(certified.sum())} certified: train longer for a meaningful check"
     assert history[-1]["certified_eps0.05_acc"] == pytest.approx(float(((logits.argmax(1) == y) & (radius > 0.05))
                                                                        .float().mean()))
-    xc, yc, rc = x[certified], logits.argmax(1)[certified], radius[certified]
+    attacked_points = certified.nonzero().squeeze(1)[:32]  # 100 PGD steps each: 32 points keep the test to seconds
+    xc, yc, rc = x[attacked_points], logits.argmax(1)[attacked_points], radius[attacked_points]
     eps = (0.999 * rc).view(-1, 1, 1, 1)
     attacked = pgd_l2(model, xc, yc, eps=eps, steps=100, step_size=eps / 10, clip=False)
     assert ((attacked - xc).flatten(1).norm(dim=1) <= rc * 0.9991).all()

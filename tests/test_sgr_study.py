@@ -1,4 +1,5 @@
-"""The SGR comparison inside one real tiny study: every method and SGR covariance source trains,
+"""The SGR comparison inside one real tiny study: the family's methods (every SGR covariance
+source is checked in test_sgr.py; here the PGD source, with its extra settings) train,
 the final LRC / DeepFool evaluation is logged, the transfer matrix is computed from the study's
 runs and logged to its parent run, and the evaluation command takes any evaluation items."""
 
@@ -24,11 +25,7 @@ METHODS = {
     "clean": {"weight_decay": 0.0},
     "weight_decay": {"method": "clean", "weight_decay": 5e-4},
     "fgsm_at": {"epsilon": 0.1},
-    "pgd_at": {"epsilon": 0.1, "steps": 2},
     "gn": {"lambda": 0.1},
-    "sgr_grad": {"method": "sgr", "source": "grad", "lambda": 0.1},
-    "sgr_sign": {"method": "sgr", "source": "sign", "lambda": 0.1},
-    "sgr_fgsm": {"method": "sgr", "source": "fgsm", "lambda": 0.1, "eps": 0.1},
     "sgr_pgd": {"method": "sgr", "source": "pgd", "lambda": 0.1, "eps": 0.1, "steps": 2},
     "lrc_augment": {"zeta": 4.0, "epsilon": 2.0},
 }
