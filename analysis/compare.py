@@ -103,7 +103,8 @@ def markdown(summary: pd.DataFrame, metrics: list[str]) -> str:
 
 def plot_cross_front(summary: pd.DataFrame, robust: str, certified: str | None, path: Path) -> None:
     """Each configuration's means with 95% intervals: clean vs `robust` (filled) and vs
-    `certified` (hollow, same colour), one colour per study, the front through the filled ones."""
+    `certified` (hollow, same colour), one colour per study and each point named by its method,
+    the front through the filled ones."""
     fig, ax = plt.subplots(figsize=(7, 5.2))
     for study, group in summary.groupby("study", sort=False):
         color = None
@@ -116,6 +117,11 @@ def plot_cross_front(summary: pd.DataFrame, robust: str, certified: str | None, 
             ax.errorbar(group[CLEAN_METRIC], group[certified], xerr=group[f"{CLEAN_METRIC}_half"].fillna(0),
                         yerr=group[f"{certified}_half"].fillna(0), fmt="o", ms=7, capsize=3, mfc="none",
                         color=color, label=f"{study}: {robust_label(certified.removeprefix('final_'))}")
+    for _, row in summary.iterrows():
+        y = row[robust] if not math.isnan(row[robust]) else row[certified or robust]
+        if not math.isnan(y):
+            ax.annotate(row["method"], (row[CLEAN_METRIC], y), xytext=(4, 3), textcoords="offset points",
+                        fontsize=6.5, alpha=0.8)
     front = cross_front(summary, robust)
     if not front.empty:
         ax.step(front[CLEAN_METRIC], front[robust], where="pre", color="black", lw=1.4, label="front (filled)")
