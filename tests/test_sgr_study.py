@@ -97,11 +97,11 @@ def test_the_sgr_family_trains_is_evaluated_and_transfers(tiny_fashion_root: Pat
         {"kind": "noise", "noise": "uniform", "eps": [0.1], "k": 3}]}}))
     evaluated = subprocess.run(
         [sys.executable, "-m", "study.evaluate", "--tracking-uri", tracking_uri,
-         "--run-id", runs["sgr_sign"].info.run_id, "--eval", str(eval_file), "--examples", "60"],
+         "--run-id", runs["sgr_pgd"].info.run_id, "--eval", str(eval_file), "--examples", "60"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    metrics = client.get_run(runs["sgr_sign"].info.run_id).data.metrics
+    metrics = client.get_run(runs["sgr_pgd"].info.run_id).data.metrics
     assert max(metrics["final_fgm_eps1_acc"], metrics["final_fgm_eps0.5_acc"]) <= metrics["final_clean_acc"]
     for name in ["final_fgm_auc", "final_targeted_pgd_l2_eps1_acc", "final_uniform_eps0.1_acc"]:
         assert 0 <= metrics[name] <= 1, name
