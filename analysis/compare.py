@@ -80,7 +80,7 @@ def read_summaries(paths: list[Path], metrics: list[str]) -> pd.DataFrame:
         table = pd.read_csv(path, dtype={"config_id": str})
         if missing := [c for c in columns[:5] if c not in table.columns]:
             raise LookupError(f"{path} is not a summary.csv of this command: no column {', '.join(missing)}")
-        tables.append(table.reindex(columns=columns))
+        tables.append(table.reindex(columns=columns).fillna({"hyperparameters": ""}))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
 
 
