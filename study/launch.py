@@ -146,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             print(describe_space(spec.methods.methods))
             return 0
         gc.disable()  # hundreds of thousands of long-lived objects: collecting while importing them is waste
-        from study.run import run_study  # Ray, MLflow and the analysis only once the input passed
-
-        gc.enable()
+        try:
+            from study.run import run_study  # Ray, MLflow and the analysis only once the input passed
+        finally:
+            gc.enable()
         gc.freeze()  # and out of every later collection
         return run_study(spec, args)
     except (ConfigError, FileNotFoundError) as err:
