@@ -16,13 +16,19 @@ import os
 import socket
 import sys
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 
 from study.spec import StudySpec, load_spec
 from trainables.core.registry import ConfigError
 from trainables.core.schema import clip, short
+
+if TYPE_CHECKING:
+    from study.run import Prepared
 
 EXIT_BAD_INPUT = 2
 
@@ -130,6 +136,37 @@ def resolve_spec(args: argparse.Namespace) -> StudySpec:
 
 
 
+def start_and_run(spec: StudySpec, args: argparse.Namespace) -> int:
+    """Start Ray and run the validated study. Ray, MLflow and the analysis are imported only now,
+    in a thread that also loads the data and, for a local Ray (which refuses nothing the launcher
+    has not checked), opens MLflow's and Optuna's stores, while Ray starts: its start is seconds
+    of waiting on its processes. On a cluster the stores wait for the cluster's checks, so a
+    refused study leaves nothing behind."""
+    import ray
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    gc.disable()  # hundreds of thousands of long-lived objects: collecting while importing them is waste
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            preparing = pool.submit(prepare_in_thread, spec, args, address is None)
+            # "local" starts a fresh Ray even where a stale /tmp/ray/ray_current_cluster names a dead one
+            ray.init(address=address or "local", include_dashboard=False)
+            run, prepared = preparing.result()
+    except BaseException:
+        ray.shutdown()
+        raise
+    finally:
+        gc.enable()
+    gc.freeze()  # the imported objects out of every later collection
+    return run.run_study(spec, args, prepared)
+
+
+def prepare_in_thread(spec: StudySpec, args: argparse.Namespace, open_stores: bool) -> tuple[ModuleType, Prepared]:
+    from study import run
+
+    return run, run.prepare(spec, args, open_stores)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -145,13 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             print("# search space")
             print(describe_space(spec.methods.methods))
             return 0
-        gc.disable()  # hundreds of thousands of long-lived objects: collecting while importing them is waste
-        try:
-            from study.run import run_study  # Ray, MLflow and the analysis only once the input passed
-        finally:
-            gc.enable()
-        gc.freeze()  # and out of every later collection
-        return run_study(spec, args)
+        return start_and_run(spec, args)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

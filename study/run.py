@@ -1,6 +1,7 @@
 """Running a validated study: the search and the confirm stage on Ray Tune, every trial in
 MLflow, and the fronts printed at the end. `study.launch` imports this only after the spec and
-the command line passed every check, so a refused input never pays for Ray's and MLflow's imports.
+the command line passed every check, so a refused input never pays for Ray's and MLflow's imports,
+and does so (with `prepare`) in a thread while Ray starts.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -92,10 +94,10 @@ def start_study(spec: StudySpec, storage: Storage, tracking_uri: str, client: Ml
     return record
 
 
-def search_stage(spec: StudySpec, data: DataBundle, storage: Storage, record: StudyRecord, resumed: bool,
-                 fit: bool) -> tuple[int, int]:
-    """Run (or resume) the search, unless `fit` is off (only reconcile what it recorded);
-    returns (unfinished, failed) trial counts."""
+def search_stage(spec: StudySpec, data: DataBundle, storage: Storage, record: StudyRecord,
+                 optuna_db: optuna.storages.RDBStorage | None, resumed: bool, fit: bool) -> tuple[int, int]:
+    """Run (or resume) the search, unless `fit` is off (only reconcile what it recorded), Optuna's
+    study kept in `optuna_db` where given; returns (unfinished, failed) trial counts."""
     tracker = TrialTracker(record.tracking_uri, record.parent_run_id, spec.metric_names() + TRIAL_METRICS,
                            spec.train.epochs, spec.searched(), SEARCH, spec.train.seed)
     study_uri = storage.study_uri(record.run_name)
@@ -103,8 +105,7 @@ def search_stage(spec: StudySpec, data: DataBundle, storage: Storage, record: St
         if resumed:
             tuner = restore_tuner(spec.settings(), data, trial_resources(spec), study_uri)
         else:
-            optuna_url = f"sqlite:///{storage.path(OPTUNA_FILE)}" if storage.local else None
-            tuner = build_tuner(spec, data, storage.uri, record.run_name, [tracker], optuna_url)
+            tuner = build_tuner(spec, data, storage.uri, record.run_name, [tracker], optuna_db)
         tuner.fit()
     saved = tune.ExperimentAnalysis(study_uri).trials  # statuses as saved, before Tune's cleanup
     unfinished = tracker.reconcile(saved) + spec.search.num_samples - len(saved)
@@ -153,28 +154,58 @@ def confirm_stage(spec: StudySpec, data: DataBundle, storage: Storage, record: S
     return tracker.reconcile(saved) + len(points) - len(saved)
 
 
-def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
-    """Run (or resume) `spec` to the end: the search, then the confirm stage where the spec has
-    one (and neither --no-confirm nor an unfinished search stops it); returns the exit status."""
+@dataclass
+class Stores:
+    """The study's MLflow client and, for a local --storage, its Optuna database (new SQLite
+    databases: seconds of schema migrations)."""
+
+    client: MlflowClient
+    optuna: optuna.storages.RDBStorage | None
+
+
+@dataclass
+class Prepared:
+    """What a study needs before its first trial, made while Ray starts."""
+
+    storage: Storage
+    resumed: StudyRecord | None
+    tracking_uri: str
+    data: DataBundle
+    confirm_data: DataBundle | None
+    stores: Stores | None  # opened already where nothing is left to check (a local Ray), else after the checks
+
+
+def prepare(spec: StudySpec, args: argparse.Namespace, open_stores: bool) -> Prepared:
+    """The study's storage, data (a missing data set is refused here, before any store exists)
+    and, where `open_stores`, its MLflow and Optuna stores, created where they do not exist."""
     storage = Storage(args.storage)
     resumed = storage.latest_record(spec.name) if args.resume else None
     tracking_uri = args.tracking_uri or (resumed.tracking_uri if resumed else storage.default_tracking_uri())
-    confirming = spec.confirm is not None and not args.no_confirm
     data = load_data(spec.data)
-    confirm_data = load_confirm_data(spec) if confirming else None
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # a local Ray refuses nothing the launcher has not checked: open MLflow's store while it starts
-        tracking = pool.submit(open_tracking, storage, tracking_uri) if address is None else None
-        # "local" starts a fresh Ray even where a stale /tmp/ray/ray_current_cluster names a dead one
-        ray.init(address=address or "local", include_dashboard=False)
-        if tracking is not None:
-            client = tracking.result()
+    confirm_data = load_confirm_data(spec) if spec.confirm is not None and not args.no_confirm else None
+    stores = open_stores_of(storage, tracking_uri) if open_stores else None
+    return Prepared(storage, resumed, tracking_uri, data, confirm_data, stores)
+
+
+def open_stores_of(storage: Storage, tracking_uri: str) -> Stores:
+    if storage.local:
+        storage.fs.create_dir(storage.root, recursive=True)
+    client = MlflowClient(tracking_uri)
+    client.search_experiments(max_results=1)
+    optuna_db = optuna.storages.RDBStorage(f"sqlite:///{storage.path(OPTUNA_FILE)}") if storage.local else None
+    return Stores(client, optuna_db)
+
+
+def run_study(spec: StudySpec, args: argparse.Namespace, prepared: Prepared) -> int:
+    """Run (or resume) `spec` on the Ray this process is connected to, to the end: the search,
+    then the confirm stage where the spec has one (and neither --no-confirm nor an unfinished
+    search stops it); shuts Ray down and returns the exit status."""
+    storage, resumed, tracking_uri = prepared.storage, prepared.resumed, prepared.tracking_uri
     try:
         check_cluster(storage, tracking_uri)
         check_node_resources(spec)
-        if tracking is None:
-            client = open_tracking(storage, tracking_uri)
+        stores = prepared.stores or open_stores_of(storage, tracking_uri)
+        client = stores.client
         record = resumed or start_study(spec, storage, tracking_uri, client)
         if resumed:
             client.update_run(record.parent_run_id, status=RUNNING)
@@ -184,9 +215,11 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
                        record.parent_run_id), flush=True)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic progress table, whose columns the study picks
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # epochs between evaluations report no metrics
-        unfinished, errors = search_stage(spec, data, storage, record, resumed is not None, not args.confirm_only)
-        if confirming and (args.confirm_only or not unfinished):  # an unfinished search's front waits for it
-            unfinished += confirm_stage(spec, confirm_data, storage, record, client)
+        unfinished, errors = search_stage(spec, prepared.data, storage, record, stores.optuna, resumed is not None,
+                                          not args.confirm_only)
+        # an unfinished search's front waits for it
+        if prepared.confirm_data is not None and (args.confirm_only or not unfinished):
+            unfinished += confirm_stage(spec, prepared.confirm_data, storage, record, client)
         client.set_terminated(record.parent_run_id, KILLED if unfinished else FINISHED)
     finally:
         ray.shutdown()
@@ -197,16 +230,6 @@ def run_study(spec: StudySpec, args: argparse.Namespace) -> int:
               f"--storage {args.storage} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if errors == spec.search.num_samples else 0
-
-
-def open_tracking(storage: Storage, tracking_uri: str) -> MlflowClient:
-    """A client of the study's MLflow store, created (a new SQLite database: seconds of schema
-    migrations) where it does not exist yet."""
-    if storage.local:
-        storage.fs.create_dir(storage.root, recursive=True)
-    client = MlflowClient(tracking_uri)
-    client.search_experiments(max_results=1)
-    return client
 
 
 def load_confirm_data(spec: StudySpec) -> DataBundle:

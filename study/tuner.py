@@ -79,16 +79,17 @@ def make_scheduler(spec: StudySpec) -> TrialScheduler:
     )
 
 
-def make_searcher(spec: StudySpec, optuna_url: str | None, study_name: str) -> ConcurrencyLimiter:
-    """Optuna's TPE over the methods' space, its study kept in the database at `optuna_url`
-    (under `study_name`, for optuna-dashboard and for a resume) where one is given."""
+def make_searcher(spec: StudySpec, optuna_db: optuna.storages.BaseStorage | None,
+                  study_name: str) -> ConcurrencyLimiter:
+    """Optuna's TPE over the methods' space, its study kept in `optuna_db` (under `study_name`,
+    for optuna-dashboard and for a resume) where one is given."""
     searcher = OptunaSearch(
         space=MethodSearchSpace(spec.methods.methods, spec.methods.registered),
         points_to_evaluate=first_points(spec.methods.methods, spec.search.first) or None,
         metric=[o.metric for o in spec.objectives],
         mode=[o.mode for o in spec.objectives],
         sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
-        storage=optuna.storages.RDBStorage(optuna_url) if optuna_url else None,
+        storage=optuna_db,
         study_name=study_name,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
@@ -160,14 +161,14 @@ def run_config(spec: StudySpec, storage_uri: str, name: str, callbacks: list[tun
 
 def build_tuner(
     spec: StudySpec, data: DataBundle, storage_uri: str, run_name: str, callbacks: list[tune.Callback],
-    optuna_url: str | None = None,
+    optuna_db: optuna.storages.BaseStorage | None = None,
 ) -> tune.Tuner:
     """A new search Tuner over `spec`, writing results and checkpoints to `storage_uri/run_name`
-    and Optuna's study to `optuna_url` (a database URL) where given."""
+    and Optuna's study to `optuna_db` where given."""
     return tune.Tuner(
         make_trainable(spec.settings(), data, trial_resources(spec)),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec, optuna_url, run_name),
+            search_alg=make_searcher(spec, optuna_db, run_name),
             scheduler=make_scheduler(spec),
             num_samples=spec.search.num_samples,
             reuse_actors=True,  # trials of a study share resources: skip a process start per trial
