@@ -54,12 +54,9 @@ def test_a_whole_model_never_exceeds_its_bound(name: str, options: dict, head: s
     bound = model.lipschitz_bound()
     if options.get("layer") != "plain":
         assert bound == 3.0
+    bounded = model.body[:-1] if head == "lln" else model  # with LLN the bound holds for the features
     for _ in range(3):
-        x = torch.rand(*SMALL.shape, dtype=torch.float64)
-        norm = model_jacobian_norm(model, x)
-        if head == "lln":  # the bound holds for the features; each normalized row has norm 1
-            features = model.body[:-1]
-            norm = model_jacobian_norm(features, x)
+        norm = model_jacobian_norm(bounded, torch.rand(*SMALL.shape, dtype=torch.float64))
         assert norm <= bound * (1 + 1e-4), (norm, bound)
 
 
@@ -138,7 +135,7 @@ def test_pgd_inside_the_certified_radius_never_changes_a_certified_prediction(
     assert certified.sum() >= 5, f"{int(certified.sum())} certified: train longer for a meaningful check"
     assert history[-1]["certified_eps0.05_acc"] == pytest.approx(float(((logits.argmax(1) == y) & (radius > 0.05))
                                                                        .float().mean()))
-    attacked_points = certified.nonzero().squeeze(1)[:32]  # 100 PGD steps each: 32 points keep the test to seconds
+    attacked_points = certified.nonzero().squeeze(1)[:16]  # 100 PGD steps each: 16 points keep the test to seconds
     xc, yc, rc = x[attacked_points], logits.argmax(1)[attacked_points], radius[attacked_points]
     eps = (0.999 * rc).view(-1, 1, 1, 1)
     attacked = pgd_l2(model, xc, yc, eps=eps, steps=100, step_size=eps / 10, clip=False)

@@ -159,7 +159,8 @@ def test_pgd_inside_a_lipconvnet_certificate_never_changes_the_prediction(tiny_f
     predicted = logits.argmax(1)
     certified = radius > 1e-3
     assert certified.sum() >= 5, f"{int(certified.sum())} certified: train longer for a meaningful check"
-    xc, yc, rc = x[certified], predicted[certified], radius[certified]
+    attacked_points = certified.nonzero().squeeze(1)[:16]  # 100 PGD steps each: 16 points keep the test to seconds
+    xc, yc, rc = x[attacked_points], predicted[attacked_points], radius[attacked_points]
     eps = (0.999 * rc).view(-1, 1, 1, 1)
     attacked = pgd_l2(model, xc, yc, eps=eps, steps=100, step_size=eps / 10, clip=False)
     with torch.no_grad():
