@@ -162,6 +162,8 @@ def start_and_run(spec: StudySpec, args: argparse.Namespace) -> int:
 
 
 def prepare_in_thread(spec: StudySpec, args: argparse.Namespace, open_stores: bool) -> tuple[ModuleType, Prepared]:
+    """The heavy imports (the run module: Tune, MLflow, Optuna, the analysis) and the study's
+    inputs, for `start_and_run`'s thread."""
     from study import run
 
     return run, run.prepare(spec, args, open_stores)

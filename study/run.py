@@ -183,11 +183,13 @@ def prepare(spec: StudySpec, args: argparse.Namespace, open_stores: bool) -> Pre
     tracking_uri = args.tracking_uri or (resumed.tracking_uri if resumed else storage.default_tracking_uri())
     data = load_data(spec.data)
     confirm_data = load_confirm_data(spec) if spec.confirm is not None and not args.no_confirm else None
-    stores = open_stores_of(storage, tracking_uri) if open_stores else None
+    stores = open_study_stores(storage, tracking_uri) if open_stores else None
     return Prepared(storage, resumed, tracking_uri, data, confirm_data, stores)
 
 
-def open_stores_of(storage: Storage, tracking_uri: str) -> Stores:
+def open_study_stores(storage: Storage, tracking_uri: str) -> Stores:
+    """The study's MLflow client and (local --storage) Optuna database, each created where it
+    does not exist yet."""
     if storage.local:
         storage.fs.create_dir(storage.root, recursive=True)
     client = MlflowClient(tracking_uri)
@@ -204,7 +206,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace, prepared: Prepared) -> 
     try:
         check_cluster(storage, tracking_uri)
         check_node_resources(spec)
-        stores = prepared.stores or open_stores_of(storage, tracking_uri)
+        stores = prepared.stores or open_study_stores(storage, tracking_uri)
         client = stores.client
         record = resumed or start_study(spec, storage, tracking_uri, client)
         if resumed:
