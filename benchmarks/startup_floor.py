@@ -49,10 +49,11 @@ PARTS = {
     ),
     "a trial's process (an actor with Tune's runtime env)": (
         "import ray\n"
+        "from ray.tune.execution.class_cache import DEFAULT_ENV_VARS\n"
         "ray.init(address='local', include_dashboard=False)\n"
         "class Ping:\n"
         "    def ping(self): return 1\n"
-        "actor_class = ray.remote(num_cpus=1, runtime_env={'env_vars': {'PL_DISABLE_FORK': '1'}})(Ping)\n"
+        "actor_class = ray.remote(num_cpus=1, runtime_env={'env_vars': DEFAULT_ENV_VARS})(Ping)\n"
         "t = time.perf_counter(); ray.get(actor_class.remote().ping.remote())\n"
         "print(time.perf_counter() - t); ray.shutdown()"
     ),
