@@ -10,7 +10,6 @@ curves.csv and curves.png and logs them to the study run under `analysis/`.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from analysis.pareto import best_per_method, study_trials  # noqa: E402
 from analysis.plotting import finish  # noqa: E402
-from analysis.records import SEARCH, add_study_arguments, open_study  # noqa: E402
+from analysis.records import SEARCH, open_study, study_parser  # noqa: E402
 
 
 def accuracy_curves(runs: pd.DataFrame, attack: str) -> pd.DataFrame:
@@ -89,8 +88,7 @@ def plot_curves(curves: pd.DataFrame, areas: pd.Series, attack: str, path: Path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.curves", description=__doc__.splitlines()[0])
-    add_study_arguments(parser)
+    parser = study_parser("analysis.curves", __doc__)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--attack", help="metric prefix, e.g. pgd_linf, final_fgsm, final_lrc_zeta4, targeted_pgd_l2")
     which.add_argument("--min-norm", choices=["l2", "linf"], help="draw the curve from the minimum-norm radii")

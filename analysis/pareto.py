@@ -14,7 +14,6 @@ hypervolume.png, and logs them to the study run under `analysis/`.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -31,6 +30,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from analysis.hypervolume import hypervolume, hypervolume_progress, plot_hypervolume  # noqa: E402
+from analysis.names import short_name, short_value  # noqa: E402
 from analysis.plotting import finish  # noqa: E402
 from analysis.records import (  # noqa: E402
     CONFIRM,
@@ -38,10 +38,8 @@ from analysis.records import (  # noqa: E402
     FINAL_ROBUST_METRIC_TAG,
     ROBUST_METRIC_TAG,
     SEARCH,
-    add_study_arguments,
     open_study,
-    short_name,
-    short_value,
+    study_parser,
     trial_runs,
 )
 
@@ -308,19 +306,37 @@ def write_analysis(client: MlflowClient, parent_run_id: str, out: Path) -> Study
     return study
 
 
+def print_fronts(study: StudyAnalysis) -> None:
+    """The search front (with warnings, certificate violations and failures) and, after a
+    confirm stage, the confirmed front."""
+    trials, front, configs = study.trials, study.front, study.configs
+    print(f"\nPareto front ({len(front)} of {len(study.search)} trials; clean vs {robust_label(study.robust_metric)}; "
+          "trials that ran the full budget):")
+    table = front_table(front).drop(columns="run_id")
+    print(table.to_string(index=False) if not table.empty else "(no trial ran the full budget)")
+    for _, trial in front[front["eval_warning"].astype(bool)].iterrows():
+        print(f"! {trial['method']} ({trial['run_id'][:8]}): {trial['eval_warning']}")
+    if not configs.empty:
+        seeds = ", ".join(str(s) for s in sorted(trials.loc[trials["stage"] == CONFIRM, "seed"].dropna().unique()))
+        print(f"\nConfirmed front ({len(study.confirmed)} of {len(configs)} configurations; seeds {seeds}; "
+              f"clean vs {robust_label(study.confirm_robust_metric)}; mean ± {CONFIDENCE:.0%} Student-t half-width):")
+        print(confirmed_table(study.confirmed).to_string(index=False))
+    violations = column(trials, "metrics.final_certificate_violations", 0.0).fillna(0)
+    for _, trial in trials[violations > 0].iterrows():
+        print(f"error: certificate violated: {trial['method']} ({trial['run_id']}): "
+              f"{int(violations[trial.name])} adversarial example(s) inside the certified radius")
+    failed = int((trials["status"] == "FAILED").sum())
+    if failed:
+        print(f"{failed} trial(s) failed: see the tag robust_study.failure of their MLflow runs")
+
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.pareto", description=__doc__.splitlines()[0])
-    add_study_arguments(parser)
+    parser = study_parser("analysis.pareto", __doc__)
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for front.csv and front.png")
     args = parser.parse_args(argv)
     client, parent = open_study(args)
-    study = write_analysis(client, parent, args.out)
-    print(f"{len(study.search)} search trials, {len(study.front)} on the front ({robust_label(study.robust_metric)}):")
-    print(front_table(study.front).drop(columns="run_id").to_string(index=False))
-    if not study.configs.empty:
-        print(f"\nconfirmed front ({robust_label(study.confirm_robust_metric)}; mean ± "
-              f"{CONFIDENCE:.0%} Student-t half-width over seeds):")
-        print(confirmed_table(study.confirmed).to_string(index=False))
+    print_fronts(write_analysis(client, parent, args.out))
     print(f"wrote front.csv, front.png, hypervolume.png (and confirmed_front.* after a confirm stage) to "
           f"{args.out}; logged to run {parent}")
     return 0

@@ -29,25 +29,6 @@ SEARCHED_TAG = "robust_study.searched"  # the hyperparameters the search varied,
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what newer MLflow UIs pick the experiment's view by
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI (markdown)
 SEARCH, CONFIRM = "search", "confirm"
-SHORT_NAMES = {"epsilon": "eps", "lambda": "lam", "weight_decay": "wd", "lambda_sn": "lam_sn"}
-
-
-def short_name(hyperparameter: str) -> str:
-    """`epsilon` -> `eps`, `model.gamma` -> `gamma`: how run names and front tables show it."""
-    name = hyperparameter.removeprefix("model.").removeprefix("train.")
-    return SHORT_NAMES.get(name, name)
-
-
-def short_value(value: object) -> str:
-    """0.96817 -> `0.968`; other values as they print."""
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    try:
-        return f"{float(value):.3g}" if value not in ("True", "False", None) else str(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> str:
     """The study's parent run: `parent_run_id` if given, else the newest study run of `experiment`."""
     if parent_run_id is not None:
@@ -66,15 +47,18 @@ def find_study_run(client: MlflowClient, experiment: str, parent_run_id: str | N
     return runs[0].info.run_id
 
 
-def add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that name a study run for an analysis command."""
+def study_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """An analysis command's parser (`python -m MODULE`, described by its docstring's first line)
+    with the options that name a study run, which `open_study` then opens."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--parent-run", help="the study run id (default: the newest study run)")
+    return parser
 
 
 def open_study(args: argparse.Namespace) -> tuple[MlflowClient, str]:
-    """(client, parent run id) of the study that add_study_arguments' options name; where there
+    """(client, parent run id) of the study that study_parser's options name; where there
     is none, the command exits with status 2 and one `error:` line."""
     client = MlflowClient(args.tracking_uri)
     try:

@@ -10,7 +10,6 @@ the run's description (`mlflow.note.content`) gets the front as a markdown table
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import sys
@@ -32,7 +31,7 @@ from analysis.pareto import (
     robust_label,
     write_analysis,
 )
-from analysis.records import NOTE_TAG, STUDY_TAG, add_study_arguments, open_study
+from analysis.records import NOTE_TAG, STUDY_TAG, open_study, study_parser
 
 SPEC_FILE = "spec.yaml"
 
@@ -159,8 +158,7 @@ def spec_text(client: MlflowClient, parent_run_id: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
-    add_study_arguments(parser)
+    parser = study_parser("analysis.report", __doc__)
     parser.add_argument("--out", type=Path, default=Path("analysis_out"), help="folder for the files")
     args = parser.parse_args(argv)
     client, parent = open_study(args)

@@ -22,7 +22,8 @@ from trainables.core.evaluation.autoattack import ATTACKS, VERSIONS
 from trainables.core.evaluation.library import adv_lib
 from trainables.core.methods import build_method
 from trainables.core.schema import parse
-from trainables.core.train import RunSettings, fit
+from trainables.core.settings import RunSettings
+from trainables.core.train import fit
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
 EPS = 1.0

@@ -29,7 +29,8 @@ from trainables.core.data.cifar import CIFAR10_INFO
 from trainables.core.evaluation import AttackEval, EvalConfig
 from trainables.core.methods import build_method
 from trainables.core.models import ModelConfig
-from trainables.core.train import RunSettings, TrainConfig, fit
+from trainables.core.settings import RunSettings, TrainConfig
+from trainables.core.train import fit
 
 MODELS = {"cw_cnn": ModelConfig("cw_cnn", {"widths": "cifar"}), "resnet18": ModelConfig("resnet18", {})}
 METHODS = {"clean": {"weight_decay": 0.0}, "pgd_l2": {"epsilon": 0.5, "steps": 7}, "loss_gradl2": {"lambda": 0.1}}

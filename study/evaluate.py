@@ -44,8 +44,9 @@ from trainables.core.evaluation import (
 from trainables.core.models import build_model
 from trainables.core.registry import ConfigError
 from trainables.core.schema import load_yaml, parse
-from trainables.core.train import resolve_device
-from trainables.trainable import EVAL_TABLES, MODEL_FILE, write_tables
+from trainables.core.settings import resolve_device
+from trainables.trainable import write_tables
+from trainables.trial import EVAL_TABLES, MODEL_FILE
 
 L2_EPS = [0.1, 0.5, 1.0, 1.5]
 LINF_EPS = [1 / 255, 2 / 255, 5 / 255, 8 / 255]

@@ -26,6 +26,7 @@ import torch
 from study.spec import StudySpec, load_spec
 from trainables.core.registry import ConfigError
 from trainables.core.schema import clip, short
+from trainables.core.settings import require_fp16_gpu
 
 if TYPE_CHECKING:
     from study.run import Prepared
@@ -73,9 +74,7 @@ def check_local_device(spec: StudySpec, args: argparse.Namespace) -> None:
     if spec.train.device == "cuda":
         raise ConfigError("train.device: cuda, but the study runs on this machine, which has no GPU; "
                           "allowed: auto, cpu")
-    if spec.train.precision == "fp16":
-        raise ConfigError("train.precision: fp16 needs a GPU, and the study runs on this machine, which has none; "
-                          "allowed: fp32, bf16")
+    require_fp16_gpu(spec.train.precision, False, ", and the study runs on this machine, which has none")
 
 
 STORAGE_SCHEMES = ("file", "s3", "gs", "hdfs", "abfs")  # what pyarrow's filesystems open

@@ -2,9 +2,9 @@
 
 `method` is categorical over the study's method labels; then the chosen method's
 hyperparameters are suggested under the names `{method}/{param}`, which Ray unflattens into
-`config[method][param]`. Fixed values are returned as constants so every trial's config holds
-all of its method's hyperparameters, and `registered_method` names the registered method of a
-label that is a variant (`sgr_pgd` of `sgr`).
+`config[method][param]`: a `TrialConfig` in Tune's form (`trainables.trial`). Fixed values are
+returned as constants so every trial's config holds all of its method's hyperparameters, and
+`registered_method` names the registered method of a label that is a variant (`sgr_pgd` of `sgr`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ from typing import Any
 import optuna
 
 from trainables.core.params import Param
+from trainables.trial import METHOD_KEY, REGISTERED_KEY
+
+
+def space_key(label: str, name: str) -> str:
+    """Optuna's name of a hyperparameter: Ray unflattens `label/name` into config[label][name]."""
+    return f"{label}/{name}"
 
 
 def suggest(trial: optuna.Trial, name: str, param: Param) -> Any:
@@ -36,13 +42,13 @@ class MethodSearchSpace:
         names = list(self.methods)
         constants: dict[str, Any] = {}
         if len(names) > 1:
-            method = trial.suggest_categorical("method", names)
+            method = trial.suggest_categorical(METHOD_KEY, names)
         else:
-            method = constants["method"] = names[0]
+            method = constants[METHOD_KEY] = names[0]
         if self.registered[method] != method:
-            constants["registered_method"] = self.registered[method]
+            constants[REGISTERED_KEY] = self.registered[method]
         for pname, param in self.methods[method].items():
-            key = f"{method}/{pname}"
+            key = space_key(method, pname)
             if param.searchable:
                 suggest(trial, key, param)
             else:
@@ -54,9 +60,10 @@ def first_points(methods: dict[str, dict[str, Param]], first: list[dict[str, Any
     """`search.first` entries as Optuna parameter dicts, named as the space names them."""
     points = []
     for entry in first:
-        method = entry["method"]
-        point = {"method": method} if len(methods) > 1 else {}
-        point.update({f"{method}/{k}": v for k, v in entry.items() if k != "method" and methods[method][k].searchable})
+        method = entry[METHOD_KEY]
+        point = {METHOD_KEY: method} if len(methods) > 1 else {}
+        point.update({space_key(method, k): v for k, v in entry.items()
+                      if k != METHOD_KEY and methods[method][k].searchable})
         points.append(point)
     return points
 

@@ -21,8 +21,8 @@ from trainables.core.models import MODELS, ModelConfig, check_model, model_optio
 from trainables.core.params import Param
 from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
-from trainables.core.schema import apply_overrides, load_yaml, parse, require, to_dict
-from trainables.core.train import RunSettings
+from trainables.core.schema import apply_overrides, load_yaml, parse, require, require_seed, to_dict
+from trainables.core.settings import RunSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -141,7 +141,7 @@ class SearchConfig:
         require(self.max_concurrent >= 1, f"{path}.max_concurrent",
                 f"must be >= 1, got {self.max_concurrent}")
         require(self.num_samples <= 10 ** 6, f"{path}.num_samples", f"must be <= 10^6, got {self.num_samples}")
-        require(0 <= self.seed < 2 ** 32, f"{path}.seed", f"must be in 0 .. 2^32 - 1, got {self.seed}")
+        require_seed(self.seed, f"{path}.seed")
 
 
 @dataclass
@@ -214,7 +214,7 @@ class ConfirmConfig:
         require(not repeated, f"{path}.seeds", f"seed {repeated[0] if repeated else ''} is repeated; "
                 "allowed: distinct integers in 0 .. 2^32 - 1")
         for i, seed in enumerate(self.seeds):
-            require(0 <= seed < 2 ** 32, f"{path}.seeds[{i}]", f"must be in 0 .. 2^32 - 1, got {seed}")
+            require_seed(seed, f"{path}.seeds[{i}]")
         require(self.top >= 1, f"{path}.top", f"must be >= 1, got {self.top}")
         require(self.epochs is None or self.epochs >= 1, f"{path}.epochs", f"must be >= 1, got {self.epochs}")
         require(self.subset is None or self.subset >= 1, f"{path}.subset",

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pyarrow.fs
@@ -19,16 +20,30 @@ RUN_FOLDER = re.compile(r"(.+)-(\d{8}-\d{6})")  # a study run's folder: NAME-YYY
 
 RECORD_FILE = "study.json"
 SPEC_FILE = "spec.yaml"
+# What a study folder holds and how (Tune's pickled searchers and callbacks, the stages' files).
+# 2: the trial contract (trainables.trial) and the stage objects (study.stages). Folders without
+# a format were written by robust-study 0.1.
+STUDY_FORMAT = 2
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("robust-study")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 @dataclass
 class StudyRecord:
-    """What `--resume` needs to find a study's MLflow run again (study.json in its folder)."""
+    """What `--resume` needs to find a study's MLflow run again (study.json in its folder), and
+    which version of the project wrote the folder."""
 
     run_name: str
     parent_run_id: str
     tracking_uri: str
     experiment: str
+    format: int = STUDY_FORMAT
+    written_by: str = field(default_factory=lambda: f"robust-study {package_version()}")
 
 
 class Storage:
@@ -77,7 +92,21 @@ class Storage:
         )
         if not runs:
             raise ConfigError(f"--resume: no study named {name!r} under {self.uri} to resume")
-        return StudyRecord(**json.loads(self.read_text(runs[-1], RECORD_FILE)))
+        return read_record(self.read_text(runs[-1], RECORD_FILE), runs[-1])
+
+
+def read_record(text: str, folder: str) -> StudyRecord:
+    """A study folder's record; one written in another format is refused, naming the version
+    that wrote it (its Tune state would not unpickle, or not mean the same)."""
+    saved = json.loads(text)
+    written_by = saved.get("written_by", "robust-study 0.1")
+    if saved.get("format", 1) != STUDY_FORMAT:
+        raise ConfigError(
+            f"--resume: {folder} was written by {written_by} (study format {saved.get('format', 1)}); this is "
+            f"robust-study {package_version()} (format {STUDY_FORMAT}), which cannot resume it: finish it with "
+            f"{written_by}, or start the study anew (its MLflow records stay readable by the analysis)")
+    names = {f.name for f in fields(StudyRecord)}
+    return StudyRecord(**{k: v for k, v in saved.items() if k in names})
 
 
 @ray.remote(num_cpus=0)

@@ -8,8 +8,6 @@ run is found again by its tag, and epochs already logged are not logged twice.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -39,12 +37,10 @@ from analysis.records import (
     STUDY_TAG,
     TRIAL_TAG,
     child_runs,
-    short_name,
-    short_value,
 )
 from trainables.core.registry import ConfigError
-from trainables.core.train import EVAL_WARNINGS
-from trainables.trainable import EVAL_TABLES, FIGURES, MODEL_FILE
+from trainables.core.settings import EVAL_WARNINGS
+from trainables.trial import EVAL_TABLES, FIGURES, MODEL_FILE, NODE_KEY, TrialConfig
 
 MAX_PARAM_LENGTH = 6000
 RUNNING, FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (
@@ -102,14 +98,11 @@ def start_study_run(
     return run.info.run_id
 
 
-def trial_params(trial: Trial) -> dict[str, Any]:
-    """A trial's MLflow params: its method (label, and the registered method of a variant), its
-    hyperparameters under `hp.` (names MLflow accepts whatever the method's name), and the
+def trial_params(trial: Trial, config: TrialConfig) -> dict[str, Any]:
+    """A trial's MLflow params: its configuration as the trial contract records it and the
     resources it ran with."""
-    method = trial.config["method"]
     resources = {k.lower(): v for k, v in trial.placement_group_factory.required_resources.items()}
-    registered = {"registered_method": trial.config["registered_method"]} if "registered_method" in trial.config else {}
-    return {"method": method, **registered, "hp": trial.config.get(method, {}), "resources": resources}
+    return {**config.params(), "resources": resources}
 
 
 def ui_links(tracking_uri: str, experiment_id: str, run_id: str) -> str:
@@ -122,23 +115,6 @@ def ui_links(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     runs = f"{base}/#/experiments/{experiment_id}/runs"
     return (f"MLflow: {start} {runs} (once: switch the sidebar to \"Model training\"); "
             f"the study run: {runs}/{run_id}")
-
-
-def run_name(config: dict[str, Any], searched: list[str]) -> str:
-    """`pgd_l2-eps0.969`: the method and the values the search chose (and `-seed1` for a
-    confirmation run), what the MLflow runs table lists."""
-    values = config.get(config["method"], {})
-    parts = [config["method"], *(f"{short_name(p)}{short_value(values[p])}" for p in searched if p in values)]
-    if "seed" in config:
-        parts.append(f"seed{config['seed']}")
-    return "-".join(parts)
-
-
-def config_id(config: dict[str, Any]) -> str:
-    """One id per configuration (method and hyperparameters, whatever the seed): the same on a
-    search trial and on each seed that confirms it."""
-    text = json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def error_summary(trial: Trial) -> str:
@@ -193,17 +169,17 @@ class TrialTracker(tune.Callback):
             history = self.client.get_metric_history(run_id, "train_loss")
             self.logged_epochs[run_id] = max((m.step for m in history), default=0)
         else:
-            method = trial.config["method"]
+            config = TrialConfig.from_tune(trial.config, self.stage)
+            searched = self.searched[config.label]
             run = self.client.create_run(
                 self.client.get_run(self.parent_run_id).info.experiment_id,
-                run_name=run_name(trial.config, self.searched[method]),
-                tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: method,
-                      STAGE_TAG: self.stage, CONFIG_TAG: config_id(trial.config),
-                      SEED_TAG: str(trial.config.get("seed", self.seed)),
-                      SEARCHED_TAG: ",".join(self.searched[method])},
+                run_name=config.run_name(searched),
+                tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: config.label,
+                      STAGE_TAG: config.stage, CONFIG_TAG: config.config_id(), SEED_TAG: str(config.seed_or(self.seed)),
+                      SEARCHED_TAG: ",".join(searched)},
             )
             run_id = run.info.run_id
-            self.client.log_batch(run_id, params=as_params(trial_params(trial)))
+            self.client.log_batch(run_id, params=as_params(trial_params(trial, config)))
             self.logged_epochs[run_id] = 0
         self.trial_runs[trial.trial_id] = run_id
         return run_id
@@ -222,7 +198,7 @@ class TrialTracker(tune.Callback):
             return  # re-run after a restore from an older checkpoint: that epoch is recorded
         now = int(time.time() * 1000)
         metrics = [Metric(name, float(result[name]), now, epoch) for name in self.metric_names if name in result]
-        tags = [RunTag(NODE_TAG, result["node_id"])]
+        tags = [RunTag(NODE_TAG, result[NODE_KEY])]
         if result.get(EVAL_WARNINGS):  # the tag holds the latest evaluation's warnings
             tags.append(RunTag(EVAL_WARNING_TAG, result[EVAL_WARNINGS][:MAX_PARAM_LENGTH]))
             self.warned.add(run_id)

@@ -36,7 +36,7 @@ from trainables.core.data import DataBundle, eval_batches, load_data  # noqa: E4
 from trainables.core.evaluation import AttackEval  # noqa: E402
 from trainables.core.models import build_model  # noqa: E402
 from trainables.core.registry import ConfigError  # noqa: E402
-from trainables.core.train import resolve_device  # noqa: E402
+from trainables.core.settings import resolve_device  # noqa: E402
 
 SELECTIONS = ("best", "front", "all")
 

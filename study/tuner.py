@@ -1,6 +1,6 @@
-"""The Ray Tune Tuners of a study. Search: Optuna (multi-objective) picks configurations, ASHA
-stops the poor ones on one metric. Confirm: the chosen configurations once per seed, each to the
-end. Each trial gets its resources, and every trial is tracked in MLflow."""
+"""The Ray Tune parts the stages of a study are built from (`study.stages`): the searchers
+(Optuna over the methods' space; a fixed list of trials), ASHA, the trainable with its
+resources, the run config (storage, fault tolerance, progress table) and the resource checks."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from analysis.records import short_name
-from study.space import MethodSearchSpace, first_points
+from analysis.names import short_name
+from study.space import MethodSearchSpace, first_points, space_key
 from study.spec import StudySpec
 from trainables.core.data import DataBundle
 from trainables.core.registry import ConfigError
-from trainables.core.train import RunSettings
+from trainables.core.settings import RunSettings
 from trainables.trainable import train_trial
 
 
@@ -101,7 +101,7 @@ def progress_reporter(spec: StudySpec) -> tune.CLIReporter:
     searched = [(label, name) for label, names in spec.searched().items() for name in names]
     shorts = [short_name(name) for _, name in searched]
     parameters = {"method": "method"} | {
-        f"{label}/{name}": short if shorts.count(short) == 1 else f"{label}.{short}"
+        space_key(label, name): short if shorts.count(short) == 1 else f"{label}.{short}"
         for (label, name), short in zip(searched, shorts, strict=True)}
     return tune.CLIReporter(
         parameter_columns=parameters,
@@ -141,10 +141,11 @@ class ConfirmationPoints(Searcher):
         self.points, self.suggested = state["points"], state["suggested"]
 
 
-def make_trainable(settings: RunSettings, data: DataBundle, resources: dict[str, float]) -> object:
-    """The trial function with its resources; `data` goes into Ray's object store once and every
-    trial on a node maps that one copy."""
-    return tune.with_resources(tune.with_parameters(train_trial, settings=settings, data=data), resources)
+def make_trainable(settings: RunSettings, data: DataBundle, resources: dict[str, float], stage: str) -> object:
+    """The trial function of a stage with its resources; `data` goes into Ray's object store once
+    and every trial on a node maps that one copy."""
+    return tune.with_resources(tune.with_parameters(train_trial, settings=settings, data=data, stage=stage),
+                               resources)
 
 
 def run_config(spec: StudySpec, storage_uri: str, name: str, callbacks: list[tune.Callback]) -> tune.RunConfig:
@@ -157,45 +158,3 @@ def run_config(spec: StudySpec, storage_uri: str, name: str, callbacks: list[tun
         progress_reporter=progress_reporter(spec),
         verbose=1,
     )
-
-
-def build_tuner(
-    spec: StudySpec, data: DataBundle, storage_uri: str, run_name: str, callbacks: list[tune.Callback],
-    optuna_db: optuna.storages.BaseStorage | None = None,
-) -> tune.Tuner:
-    """A new search Tuner over `spec`, writing results and checkpoints to `storage_uri/run_name`
-    and Optuna's study to `optuna_db` where given."""
-    return tune.Tuner(
-        make_trainable(spec.settings(), data, trial_resources(spec)),
-        tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec, optuna_db, run_name),
-            scheduler=make_scheduler(spec),
-            num_samples=spec.search.num_samples,
-            reuse_actors=True,  # trials of a study share resources: skip a process start per trial
-        ),
-        run_config=run_config(spec, storage_uri, run_name, callbacks),
-    )
-
-
-def build_confirm_tuner(
-    spec: StudySpec, data: DataBundle, storage_uri: str, name: str, points: list[dict[str, Any]],
-    callbacks: list[tune.Callback],
-) -> tune.Tuner:
-    """A new confirm Tuner: every point (a search trial's config with a `seed`) trained to the
-    end under the confirm settings, on the search's resources and fault tolerance."""
-    return tune.Tuner(
-        make_trainable(spec.confirm_settings(), data, trial_resources(spec)),
-        tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(ConfirmationPoints(points), max_concurrent=spec.search.max_concurrent),
-            scheduler=FIFOScheduler(),
-            num_samples=len(points),
-            reuse_actors=True,
-        ),
-        run_config=run_config(spec, storage_uri, name, callbacks),
-    )
-
-
-def restore_tuner(settings: RunSettings, data: DataBundle, resources: dict[str, float], uri: str) -> tune.Tuner:
-    """The Tuner of an interrupted stage: unfinished and errored trials go on from their
-    checkpoints; the searcher, scheduler and callbacks come back from the saved state."""
-    return tune.Tuner.restore(uri, trainable=make_trainable(settings, data, resources), resume_errored=True)

@@ -18,8 +18,8 @@ from trainables.core.methods.gradient_penalty import steepest_examples, supremum
 from trainables.core.methods.loss_gradients import loss_and_input_gradient
 from trainables.core.presets import PRESETS
 from trainables.core.schema import parse
+from trainables.core.settings import TrainConfig
 from trainables.core.spectral import layer_maps, power_iteration, record_input_shapes, spectral_layers
-from trainables.core.train import TrainConfig
 
 CTX = StepContext(epoch=0, step=0, generator=torch.Generator().manual_seed(0))
 K = 3

@@ -24,7 +24,8 @@ from trainables.core.layers import LAYERS
 from trainables.core.methods import build_method
 from trainables.core.models import ModelConfig, build_model
 from trainables.core.registry import ConfigError
-from trainables.core.train import RunSettings, TrainConfig, fit
+from trainables.core.settings import RunSettings, TrainConfig
+from trainables.core.train import fit
 
 SMALL = DatasetInfo("toy", 10, (2, 8, 8), (0.5, 0.5), (0.25, 0.25))
 

@@ -11,7 +11,8 @@ from trainables.core.attacks import pgd_l2
 from trainables.core.methods import METHODS, StepContext, build_method
 from trainables.core.methods.loss_gradients import loss_and_input_gradient
 from trainables.core.registry import ConfigError
-from trainables.core.train import TrainConfig, make_optimizer
+from trainables.core.settings import TrainConfig
+from trainables.core.train import make_optimizer
 
 CTX = StepContext(epoch=0, step=0, generator=torch.Generator().manual_seed(0))
 

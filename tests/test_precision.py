@@ -17,7 +17,8 @@ from trainables.core.evaluation import AttackEval, EvalConfig
 from trainables.core.methods import StepContext, build_method
 from trainables.core.models import ModelConfig, build_model
 from trainables.core.registry import ConfigError
-from trainables.core.train import RunSettings, TrainConfig, fit
+from trainables.core.settings import RunSettings, TrainConfig
+from trainables.core.train import fit
 
 
 def settings_for(root: Path, model: ModelConfig, **train: object) -> RunSettings:

@@ -29,7 +29,8 @@ from trainables.core.models import ModelConfig, build_model
 from trainables.core.models.lipconvnet import input_scale
 from trainables.core.models.lipschitz import CurvatureHead
 from trainables.core.registry import ConfigError
-from trainables.core.train import RunSettings, TrainConfig, fit
+from trainables.core.settings import RunSettings, TrainConfig
+from trainables.core.train import fit
 
 
 def jacobian(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,9 @@ from trainables.core.methods import build_method
 from trainables.core.models import ModelConfig
 from trainables.core.registry import ConfigError
 from trainables.core.schema import parse
+from trainables.core.settings import RunSettings, TrainConfig
 from trainables.core.square import square
-from trainables.core.train import RunSettings, TrainConfig, fit
+from trainables.core.train import fit
 
 EPS = [0.5, 1.0, 2.0]
 EXAMPLES = 60

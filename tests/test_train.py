@@ -12,7 +12,8 @@ from trainables.core.data import DataConfig, load_data
 from trainables.core.evaluation import AttackEval, DeepFoolEval, EvalConfig, NoiseEval
 from trainables.core.methods import build_method
 from trainables.core.models import ModelConfig
-from trainables.core.train import RunSettings, ScheduleConfig, TrainConfig, fit, main
+from trainables.core.settings import RunSettings, ScheduleConfig, TrainConfig
+from trainables.core.train import fit, main
 
 
 def settings(root: Path, epochs: int = 3, **train: object) -> RunSettings:

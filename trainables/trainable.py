@@ -2,15 +2,14 @@
 
 One `tune.report` per epoch with the epoch's metrics (and the Ray node that ran it; on a GPU
 `gpu_seconds`, the trial's compute seconds times its GPU share) and a checkpoint holding the
-full training state (`state.pt`) and the model weights alone (`model.pt`, what MLflow stores at
-the end).
+files `trainables.trial` names: the full training state and the model weights alone (what
+MLflow stores at the end).
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,9 @@ from trainables.core.data import DataBundle
 from trainables.core.figures import is_one_dimensional_fit, one_dimensional_fit
 from trainables.core.methods import build_method
 from trainables.core.models import build_model
-from trainables.core.train import RunSettings, Tables, fit, resolve_device
-
-STATE_FILE = "state.pt"
-MODEL_FILE = "model.pt"
-FIGURES = "figures"  # a checkpoint's figures, logged with the model when the trial finishes
-EVAL_TABLES = "eval"  # the final evaluation's per-example tables (CSV), logged likewise
+from trainables.core.settings import RunSettings, resolve_device
+from trainables.core.train import Tables, fit
+from trainables.trial import EVAL_TABLES, FIGURES, MODEL_FILE, NODE_KEY, STATE_FILE, TrialConfig
 
 
 def trial_resources() -> dict[str, float]:
@@ -40,19 +36,15 @@ def trial_threads() -> int:
     return max(1, int(trial_resources().get("CPU", 1)))
 
 
-def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle) -> None:
-    """Train the method that `config` names (`{"method": label, label: {hyperparameters}}`, with
-    `registered_method` when the label is a variant of a registered method); `model.*` and
-    `train.*` hyperparameters override the study's model options and train settings, and
-    `seed` (a confirmation run's) the study's train.seed."""
+def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle, stage: str) -> None:
+    """Train the trial `config` describes (a `TrialConfig` in Tune's form) under the study's
+    settings with the trial's overrides and seed applied."""
     torch.set_num_threads(trial_threads())
     node_id = ray.get_runtime_context().get_node_id()
     gpu_share = trial_resources().get("GPU", 0.0) if resolve_device(settings.train.device).type == "cuda" else 0.0
-    label = config["method"]
-    settings, hparams = settings.with_overrides(config.get(label, {}))
-    if "seed" in config:
-        settings = replace(settings, train=replace(settings.train, seed=config["seed"]))
-    method = build_method(config.get("registered_method", label), hparams)
+    trial = TrialConfig.from_tune(config, stage)
+    settings = trial.apply(settings)
+    method = build_method(trial.method, trial.hparams)
     resume_from = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -68,13 +60,13 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle)
             if metrics["epoch"] == settings.train.epochs and is_one_dimensional_fit(data):
                 draw_fit(state["model"], Path(folder) / FIGURES / "fit.png")
             cost = {"gpu_seconds": metrics["compute_time_s"] * gpu_share} if gpu_share else {}
-            tune.report({**metrics, **cost, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report({**metrics, **cost, NODE_KEY: node_id}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     def draw_fit(weights: dict[str, torch.Tensor], path: Path) -> None:
         model = build_model(settings.model, data.info)
         model.load_state_dict(weights)
         path.parent.mkdir()
-        title = f"{label}: {', '.join(f'{k}={v}' for k, v in config.get(label, {}).items())}"
+        title = f"{trial.label}: {', '.join(f'{k}={v}' for k, v in trial.values.items())}"
         one_dimensional_fit(model, data, title[:120], path)
 
     fit(settings, method, data, on_epoch=report, resume_from=resume_from)

@@ -12,11 +12,11 @@ import math
 import reprlib
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from trainables.core.registry import ConfigError
+from trainables.core.registry import ConfigError, Registry
 
 T = TypeVar("T")
 INTERNAL = "internal"  # field metadata: set by the program, not a key of the YAML
@@ -207,6 +207,46 @@ def require(condition: bool, key: str, message: str) -> None:
     """Raise ConfigError `key: message` unless `condition` holds."""
     if not condition:
         raise ConfigError(f"{key}: {message}")
+
+
+SEED_LIMIT = 2 ** 32  # what numpy's and torch's generators take
+
+
+def require_seed(seed: int, key: str) -> None:
+    """Every seed a spec sets (training, search, evaluation, confirmation) seeds numpy or torch."""
+    require(0 <= seed < SEED_LIMIT, key, f"must be in 0 .. 2^32 - 1, got {seed}")
+
+
+def named_mapping(data: Any, path: str, key: str, registry: Registry) -> tuple[str, dict[str, Any]]:
+    """`{name: pgd_l2, epsilon: 0.5}` -> ("pgd_l2", {"epsilon": 0.5}): an entry that names a
+    registered model, method or evaluation by `field`, with its options beside the name."""
+    if not isinstance(data, dict) or key not in data:
+        raise ConfigError(f"{path}: expected a mapping with a `{key}`; {registry.kind}s: {registry.names()}")
+    return data[key], {k: v for k, v in data.items() if k != key}
+
+
+@dataclasses.dataclass
+class NamedEntry:
+    """A spec section that names a registered entry and sets its options beside the name
+    (`model: {name: cw_cnn, widths: mnist}`, `method: {name: pgd_l2, epsilon: 0.5}`); a subclass
+    names its registry and checks the options against the entry's declaration."""
+
+    REGISTRY: ClassVar[Registry]
+    name: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, data: Any, path: str) -> Any:
+        name, options = named_mapping(data, path, "name", cls.REGISTRY)
+        return cls(name, cls.checked_options(name, options, path))
+
+    @classmethod
+    def checked_options(cls, name: str, options: dict[str, Any], path: str) -> dict[str, Any]:
+        """`options` of entry `name` at `path`, checked (raises ConfigError naming the key)."""
+        raise NotImplementedError
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
 
 
 def apply_overrides(spec: dict[str, Any], assignments: list[str]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import torch
 from trainables.core.evaluation.base import EVALUATIONS, Batch, check_eps, metric_name, seeded, verified
 from trainables.core.evaluation.item import Item
 from trainables.core.evaluation.library import apgd_ce, apgd_t, fab_t
-from trainables.core.schema import require
+from trainables.core.schema import require, require_seed
 from trainables.core.square import square
 
 VERSIONS = {"standard": ("apgd_ce", "apgd_t", "fab_t", "square"), "fast": ("apgd_ce", "apgd_t")}
@@ -41,7 +41,7 @@ class AutoAttackEval(Item):
         check_eps(self.eps, path)
         require(self.n_iter >= 1, f"{path}.n_iter", f"must be >= 1, got {self.n_iter}")
         require(self.square_queries >= 1, f"{path}.square_queries", f"must be >= 1, got {self.square_queries}")
-        require(0 <= self.seed < 2 ** 32, f"{path}.seed", f"must be in 0 .. 2^32 - 1, got {self.seed}")
+        require_seed(self.seed, f"{path}.seed")
 
     @property
     def prefix(self) -> str:

@@ -15,7 +15,7 @@ from trainables.core.evaluation.attack import AttackEval
 from trainables.core.evaluation.base import EVALUATIONS, Batch, correct_predictions
 from trainables.core.evaluation.indicators import GRADIENT_SHARE, dead_gradients, metric_warnings
 from trainables.core.registry import ConfigError
-from trainables.core.schema import parse, require
+from trainables.core.schema import named_mapping, parse, require
 
 
 class EvalItem:
@@ -23,9 +23,8 @@ class EvalItem:
 
     @classmethod
     def from_mapping(cls, data: Any, path: str) -> Any:
-        if not isinstance(data, dict) or "kind" not in data:
-            raise ConfigError(f"{path}: expected a mapping with a `kind`; kinds: {EVALUATIONS.names()}")
-        return parse(EVALUATIONS.get(data["kind"], f"{path}.kind"), data, path)
+        kind, _ = named_mapping(data, path, "kind", EVALUATIONS)
+        return parse(EVALUATIONS.get(kind, f"{path}.kind"), data, path)
 
 
 @dataclass

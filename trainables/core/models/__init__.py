@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 
 from trainables.core.data import DatasetInfo
 from trainables.core.registry import ConfigError, Registry
+from trainables.core.schema import NamedEntry, require
 
 ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
@@ -37,31 +37,19 @@ def model_options(name: str) -> dict[str, inspect.Parameter]:
     return {p.name: p for p in params}
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(NamedEntry):
     """`{name: cw_cnn, widths: mnist}`: the model's name and its options."""
 
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
+    REGISTRY = MODELS
 
     @classmethod
-    def from_mapping(cls, data: Any, path: str) -> ModelConfig:
-        if not isinstance(data, dict) or "name" not in data:
-            raise ConfigError(f"{path}: expected a mapping with a `name`; models: {MODELS.names()}")
-        name = data["name"]
+    def checked_options(cls, name: str, options: dict[str, Any], path: str) -> dict[str, Any]:
         MODELS.get(name, f"{path}.name")
         allowed = model_options(name)
-        options = {k: v for k, v in data.items() if k != "name"}
         for key in options:
-            if key not in allowed:
-                raise ConfigError(
-                    f"{path}.{key}: unknown option of model {name!r}; allowed: "
-                    f"{', '.join(allowed) or '(none)'}"
-                )
-        return cls(name, options)
-
-    def to_mapping(self) -> dict[str, Any]:
-        return {"name": self.name, **self.options}
+            require(key in allowed, f"{path}.{key}",
+                    f"unknown option of model {name!r}; allowed: {', '.join(allowed) or '(none)'}")
+        return options
 
 
 def build_model(config: ModelConfig, info: DatasetInfo) -> nn.Module:
