@@ -21,8 +21,10 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -45,8 +47,8 @@ from trainables.core.models import build_model
 from trainables.core.registry import ConfigError
 from trainables.core.schema import load_yaml, parse
 from trainables.core.settings import resolve_device
-from trainables.trainable import write_tables
-from trainables.trial import EVAL_TABLES, MODEL_FILE
+from trainables.records import write_tables
+from trainables.trial import EVAL_TABLES, MODEL_FILE, RECORDS_FILE
 
 L2_EPS = [0.1, 0.5, 1.0, 1.5]
 LINF_EPS = [1 / 255, 2 / 255, 5 / 255, 8 / 255]
@@ -79,17 +81,18 @@ def strong_evaluation(spec: StudySpec, examples: int | None, batch_size: int) ->
                   MinNormEval(norm=norm, eps=sorted(eps), attacks=attacks)]
     if any(config.needs_bound for config in configs):
         items.append(CertificateCheckEval(eps=sorted(radii["l2"])))
-    return EvalConfig(split="test", examples=examples, batch_size=batch_size, items=items)
+    return EvalConfig(split="test", examples=examples, batch_size=batch_size, items=items,
+                      sample_seed=spec.eval.sample_seed)
 
 
-def load_evaluation(path: Path, examples: int | None) -> EvalConfig:
+def load_evaluation(path: Path, examples: int | None, sample_seed: int = 0) -> EvalConfig:
     """An evaluation written as a spec's `eval:` section (the whole test split unless it or
-    --examples says otherwise)."""
+    --examples says otherwise; in the study's order of examples unless it sets `sample_seed`)."""
     if not path.is_file():
         raise ConfigError(f"--eval: no such file {path}")
     raw = load_yaml(path.read_bytes(), f"--eval {path}") or {}
     raw = raw.get("eval", raw) if isinstance(raw, dict) else raw
-    config = parse(EvalConfig, {"examples": None, **raw}, "eval")
+    config = parse(EvalConfig, {"examples": None, "sample_seed": sample_seed, **raw}, "eval")
     if examples is not None:
         config.examples = examples
     return config
@@ -124,6 +127,14 @@ def from_checkpoint(checkpoint: Path, spec_path: Path) -> tuple[StudySpec, dict]
     return load_spec(spec_path), state.get("model", state)
 
 
+def logged_records(client: MlflowClient, run_id: str, folder: str) -> pd.DataFrame | None:
+    """The run's per-example records as logged so far (None where it has none): a new
+    evaluation's join them rather than replace them."""
+    if not any(a.path == f"{EVAL_TABLES}/{RECORDS_FILE}" for a in client.list_artifacts(run_id, EVAL_TABLES)):
+        return None
+    return pd.read_parquet(client.download_artifacts(run_id, f"{EVAL_TABLES}/{RECORDS_FILE}", folder))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.evaluate", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -152,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval_file == "strong":
             config = strong_evaluation(spec, args.examples, args.batch_size)
         elif args.eval_file:
-            config = load_evaluation(Path(args.eval_file), args.examples)
+            config = load_evaluation(Path(args.eval_file), args.examples, spec.eval.sample_seed)
         else:
-            config = reference_evaluation(args.examples, args.steps, args.batch_size)
+            config = replace(reference_evaluation(args.examples, args.steps, args.batch_size),
+                             sample_seed=spec.eval.sample_seed)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -166,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {warning}")
     if args.run_id:
         with tempfile.TemporaryDirectory() as folder:
-            write_tables(result.tables, Path(folder))
-            if result.tables:
-                client.log_artifacts(args.run_id, folder, EVAL_TABLES)
+            write_tables(result.final_tables(), Path(folder) / EVAL_TABLES, logged_records(client, args.run_id, folder))
+            client.log_artifacts(args.run_id, str(Path(folder) / EVAL_TABLES), EVAL_TABLES)
         now = int(time.time() * 1000)
         # at the run's last epoch, so these are its latest values even where the study's own
         # final evaluation logged metrics of the same name

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import ray
 import torch
 from ray import tune
@@ -24,6 +23,7 @@ from trainables.core.methods import build_method
 from trainables.core.models import build_model
 from trainables.core.settings import RunSettings, resolve_device
 from trainables.core.train import Tables, fit
+from trainables.records import write_tables
 from trainables.trial import EVAL_TABLES, FIGURES, MODEL_FILE, NODE_KEY, STATE_FILE, TrialConfig
 
 
@@ -71,11 +71,3 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle,
 
     fit(settings, method, data, on_epoch=report, resume_from=resume_from)
 
-
-def write_tables(tables: Tables, folder: Path) -> None:
-    """Each per-example table as `folder/NAME.csv` (a header row, one row per example)."""
-    for name, columns in tables.items():
-        folder.mkdir(exist_ok=True)
-        frame = pd.DataFrame({column: values.numpy() for column, values in columns.items()})
-        frame.insert(0, "example", range(len(frame)))
-        frame.to_csv(folder / f"{name}.csv", index=False)

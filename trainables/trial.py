@@ -30,7 +30,8 @@ NODE_KEY = "node_id"  # a trial's report: the Ray node that ran the epoch
 STATE_FILE = "state.pt"  # a checkpoint's full training state (`TrainingState.snapshot`)
 MODEL_FILE = "model.pt"  # a checkpoint's model weights alone: what MLflow stores at the end
 FIGURES = "figures"  # a checkpoint's figures, logged with the model when the trial finishes
-EVAL_TABLES = "eval"  # the final evaluation's per-example tables (CSV), logged likewise
+EVAL_TABLES = "eval"  # the evaluations' per-example records and tables, logged likewise
+RECORDS_FILE = "examples.parquet"  # in EVAL_TABLES: one row per evaluated example (trainables.records)
 
 
 @dataclass(frozen=True)

@@ -183,4 +183,4 @@ def resolve_device(choice: str) -> torch.device:
 
 def same_examples(first: EvalConfig, second: EvalConfig) -> bool:
     """Do two evaluations measure the same examples (so their metrics may be compared)?"""
-    return (first.split, first.examples) == (second.split, second.examples)
+    return (first.split, first.examples, first.sample_seed) == (second.split, second.examples, second.sample_seed)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from trainables.core.data import DataBundle, load_data, train_batches
-from trainables.core.evaluation import metric_warnings, run_evaluation
+from trainables.core.evaluation import EXAMPLES, metric_warnings, run_evaluation
 from trainables.core.methods import Method, StepContext, build_method
 from trainables.core.models import build_model
 from trainables.core.presets import apply_preset
@@ -174,17 +174,19 @@ def train_epoch(state: TrainingState, step: Stepper, data: DataBundle, settings:
 
 
 def evaluate(model: nn.Module, data: DataBundle, settings: RunSettings, final: bool) -> tuple[dict[str, Any], Tables]:
-    """The epoch's evaluation and, after the last epoch, the final one (its metrics as `final_*`,
-    its per-example tables); their attack-failure warnings as one `eval_warnings` string, with the
+    """The epoch's evaluation and, after the last epoch, the final one (its metrics and its
+    per-example records as `final_*`, its other per-example tables); the epoch's per-example
+    records as `examples`; their attack-failure warnings as one `eval_warnings` string, with the
     indicators that compare the two where both measured the same examples (PGD here against
     AutoAttack there)."""
     started = time.perf_counter()
     result = run_evaluation(model, data, settings.eval, seed=settings.train.seed)
-    metrics, tables, messages = dict(result.metrics), {}, result.warnings
+    metrics, messages = dict(result.metrics), result.warnings
+    tables = {EXAMPLES: result.tables[EXAMPLES]}
     if final and settings.final_eval is not None:
         strong = run_evaluation(model, data, settings.final_eval, seed=settings.train.seed)
         metrics.update({f"final_{k}": v for k, v in strong.metrics.items()})
-        tables = strong.tables
+        tables.update(strong.final_tables())
         messages = list(dict.fromkeys([*messages, *strong.warnings]))
         if same_examples(settings.eval, settings.final_eval):
             messages += [w for w in metric_warnings({**result.metrics, **strong.metrics}) if w not in messages]
@@ -205,8 +207,9 @@ def fit(
 
     After each epoch, `on_epoch(metrics, snapshot, tables)` is called; `snapshot()` returns the
     full training state (`TrainingState.snapshot`), which `resume_from` takes back. `tables`
-    holds the final evaluation's per-example tables (e.g. minimum-norm radii) after the last
-    epoch, else nothing; the metrics carry the evaluation's attack-failure warnings as
+    holds an evaluated epoch's per-example records (`examples`) and after the last epoch the
+    final evaluation's (`final_examples`) and its other per-example tables (e.g. minimum-norm
+    radii); nothing after an epoch without evaluation. The metrics carry the evaluation's attack-failure warnings as
     `eval_warnings`, and the run's cost so far: `train_time_s` (training) and `compute_time_s`
     (training and evaluation).
     """

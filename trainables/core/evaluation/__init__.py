@@ -22,7 +22,15 @@ from trainables.core.evaluation import (  # noqa: F401  (register the item kinds
 )
 from trainables.core.evaluation.attack import AttackEval
 from trainables.core.evaluation.autoattack import AutoAttackEval
-from trainables.core.evaluation.base import EVALUATIONS, correct_predictions, curve_area, metric_name, verified
+from trainables.core.evaluation.base import (
+    EVALUATIONS,
+    EXAMPLES,
+    FINAL_EXAMPLES,
+    correct_predictions,
+    curve_area,
+    metric_name,
+    verified,
+)
 from trainables.core.evaluation.certificate_check import CertificateCheckEval
 from trainables.core.evaluation.certified import CertifiedEval
 from trainables.core.evaluation.config import EvalConfig, EvalItem, EvalResult, evaluate, run_evaluation
@@ -34,7 +42,8 @@ from trainables.core.evaluation.min_norm import MinNormEval
 from trainables.core.evaluation.noise import NoiseEval
 
 __all__ = [
-    "EVALUATIONS", "AttackEval", "AutoAttackEval", "CertificateCheckEval", "CertifiedEval", "DeepFoolEval",
+    "EVALUATIONS", "EXAMPLES", "FINAL_EXAMPLES",
+    "AttackEval", "AutoAttackEval", "CertificateCheckEval", "CertifiedEval", "DeepFoolEval",
     "EvalConfig", "EvalItem", "EvalResult", "FitEval", "LipschitzEstimateEval", "MinNormEval", "NoiseEval",
     "correct_predictions", "curve_area", "evaluate", "metric_name", "metric_warnings", "run_evaluation",
     "verified",

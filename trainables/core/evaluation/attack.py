@@ -78,7 +78,7 @@ class AttackEval(Item):
                    best_iterate=self.best_iterate)
 
     def correct(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Per eps the count of examples correct clean and not broken by a verified example."""
+        """Per eps, which examples are correct clean and not broken by a verified example."""
         target = None
         if self.targeted:
             classes = batch.logits.shape[1]
@@ -89,7 +89,7 @@ class AttackEval(Item):
             with torch.enable_grad():
                 x_adv = self.run(batch.model, batch.x, batch.y, eps, target, batch.generator)
             broken = verified(batch.model, batch.x, x_adv, batch.y, self.norm, eps)
-            counts[metric_name(self.prefix, eps)] = (batch.clean_ok & ~broken).sum()
+            counts[metric_name(self.prefix, eps)] = batch.clean_ok & ~broken
         return counts
 
     def derived(self, metrics: dict[str, float], tables: dict) -> dict[str, float]:

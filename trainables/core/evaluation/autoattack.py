@@ -76,5 +76,5 @@ class AutoAttackEval(Item):
                     broken = verified(batch.model, batch.x[index], x_adv, batch.y[index], self.norm, eps)
                     alive[index[broken]] = False
                 counts[self.broken_name(eps, attack)] = broken.sum()
-            counts[metric_name(self.prefix, eps)] = alive.sum()
+            counts[metric_name(self.prefix, eps)] = alive.clone()
         return counts

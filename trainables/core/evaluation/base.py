@@ -15,6 +15,8 @@ from trainables.core.registry import Registry
 from trainables.core.schema import require
 
 EVALUATIONS: Registry[type] = Registry("evaluation kind")
+EXAMPLES = "examples"  # the per-example records: one row per evaluated example (index in the split, label, ...)
+FINAL_EXAMPLES = f"final_{EXAMPLES}"  # a final (strong) evaluation's records: their columns become `final_*`
 NORMS = {"l2": 2.0, "linf": math.inf}
 # x_adv - x of float32 pixels in [0, 1] is exact only to one unit in the last place of 1.0
 FLOAT_SLACK = 2.0 ** -23

@@ -8,7 +8,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-from trainables.core.evaluation.base import EVALUATIONS, Batch, check_eps, correct_predictions, metric_name
+from trainables.core.evaluation.base import (
+    EVALUATIONS,
+    EXAMPLES,
+    Batch,
+    check_eps,
+    correct_predictions,
+    metric_name,
+)
 from trainables.core.evaluation.item import Item
 
 LBDN_EPS = [36 / 255, 72 / 255, 108 / 255]
@@ -53,4 +60,5 @@ class CertifiedEval(Item):
 
     def correct(self, batch: Batch) -> dict[str, torch.Tensor]:
         ok, radius = certified_radii(batch.model, batch.x, batch.y, self.certificate)
-        return {metric_name(self.prefix, eps): (ok & (radius > eps)).sum() for eps in self.eps}
+        batch.record(EXAMPLES, **{f"{self.prefix}_radius": torch.where(ok, radius, 0.0)})
+        return {metric_name(self.prefix, eps): ok & (radius > eps) for eps in self.eps}

@@ -6,16 +6,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from trainables.core.data import DataBundle, eval_batches
 from trainables.core.evaluation.attack import AttackEval
-from trainables.core.evaluation.base import EVALUATIONS, Batch, correct_predictions
+from trainables.core.evaluation.base import EVALUATIONS, EXAMPLES, FINAL_EXAMPLES, Batch, correct_predictions
 from trainables.core.evaluation.indicators import GRADIENT_SHARE, dead_gradients, metric_warnings
 from trainables.core.registry import ConfigError
-from trainables.core.schema import named_mapping, parse, require
+from trainables.core.schema import named_mapping, parse, require, require_seed
 
 
 class EvalItem:
@@ -29,13 +30,16 @@ class EvalItem:
 
 @dataclass
 class EvalConfig:
-    """What is measured on the first `examples` of `split` (a fixed subset), after the last epoch
-    and, by `every`: `rungs` (default), the epochs where a study's scheduler compares trials
-    (ASHA's rungs; none under FIFO; every epoch for a run outside a study), or every k epochs."""
+    """What is measured on the first `examples` of `split` in a fixed order (the class-balanced
+    permutation `sample_seed` draws, the same for every run, so more examples later extend the
+    set and every configuration is judged on the same ones), after the last epoch and, by
+    `every`: `rungs` (default), the epochs where a study's scheduler compares trials (ASHA's
+    rungs; none under FIFO; every epoch for a run outside a study), or every k epochs."""
 
     every: int | Literal["rungs"] = "rungs"
     split: Literal["val", "test"] = "test"
     examples: int | None = 1000
+    sample_seed: int = 0
     batch_size: int = 500
     items: list[EvalItem] = field(default_factory=lambda: [AttackEval()])
     robust_metric: str | None = None
@@ -54,6 +58,7 @@ class EvalConfig:
         require(self.examples is None or self.examples > 0, f"{path}.examples",
                 f"must be a positive count or null (all), got {self.examples}")
         require(self.batch_size >= 1, f"{path}.batch_size", f"must be >= 1, got {self.batch_size}")
+        require_seed(self.sample_seed, f"{path}.sample_seed")
         names = self.metric_names()
         if self.robust_metric is not None:
             require(self.robust_metric in names, f"{path}.robust_metric",
@@ -88,12 +93,39 @@ class EvalConfig:
 
 @dataclass
 class EvalResult:
-    """An evaluation's metrics, its per-example tables (name -> column -> values, in example
-    order) and its attack-failure warnings."""
+    """An evaluation's metrics, its per-example tables (name -> column -> values, in the order
+    evaluated), among them the records (`examples`: the example's index in the split, its label,
+    and per accuracy metric whether it was correct: the metrics are their means; min-norm and
+    certified radii where measured), and its attack-failure warnings."""
 
     metrics: dict[str, float]
     tables: dict[str, dict[str, torch.Tensor]]
     warnings: list[str]
+
+    def final_tables(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The tables of a final evaluation, its records named as such (`final_examples`)."""
+        return {FINAL_EXAMPLES if name == EXAMPLES else name: columns for name, columns in self.tables.items()}
+
+
+def evaluation_order(y: torch.Tensor, sample_seed: int) -> torch.Tensor:
+    """The order in which a split's examples are evaluated: each class's examples shuffled, then
+    taken in turns (one of each class, the classes in a shuffled order, and again), so that any
+    first N is class-balanced and the first N + k extend the first N. A regression target (a
+    float label) is shuffled plainly. The same for every run of a seed: a function of the
+    labels alone."""
+    labels = y.cpu().numpy()
+    rng = np.random.RandomState(sample_seed)
+    if not np.issubdtype(labels.dtype, np.integer):
+        return torch.from_numpy(rng.permutation(len(labels))).to(y.device)
+    classes = np.unique(labels)
+    class_turn = dict(zip(classes, rng.permutation(len(classes)), strict=True))
+    rank = np.empty(len(labels), dtype=np.int64)
+    for label in classes:
+        members = np.flatnonzero(labels == label)
+        rank[rng.permutation(members)] = np.arange(len(members))
+    turn = np.array([class_turn[label] for label in labels]) if len(labels) else np.zeros(0, dtype=np.int64)
+    order = np.lexsort((turn, rank))  # by rank within the class, then the class's turn
+    return torch.from_numpy(order).to(y.device)
 
 
 @torch.no_grad()
@@ -103,8 +135,8 @@ def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progr
     seeded afresh from the run's `seed` (the same noise, starts and targets every time for one
     seed; other draws for another, on the same examples); `progress` shows a bar of batches."""
     x_all, y_all = data.split(config.split)
-    if config.examples is not None:
-        x_all, y_all = x_all[: config.examples], y_all[: config.examples]
+    index = evaluation_order(y_all, config.sample_seed)[: config.examples]
+    x_all, y_all = x_all[index], y_all[index]
     if len(y_all) == 0:
         raise ConfigError(f"eval.split: the {config.split} split is empty (set data.val > 0 or use test)")
     was_training = model.training
@@ -121,15 +153,19 @@ def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progr
     for x, y in batches:
         logits = model(x)
         batch = Batch(model, x, y, logits, generator, columns, warnings, seed)
-        counts = {"clean_acc": correct_predictions(logits, y).sum()}
+        counts = {"clean_acc": correct_predictions(logits, y)}
         if check_gradients and logits.shape[1] > 1:
             counts["dead_gradients"] = dead_gradients(model, x, y).sum()
         for item in config.items:
             counts.update(item.correct(batch))
         for name, count in counts.items():
+            if count.dtype == torch.bool:  # which examples are correct: a column of the records
+                batch.record(EXAMPLES, **{name: count})
+                count = count.sum()
             combine = torch.maximum if name in maxima else torch.add
             totals[name] = combine(totals[name], count) if name in totals else count
     model.train(was_training)
+    columns[EXAMPLES] = {"index": [index.cpu()], "label": [y_all.cpu()], **columns[EXAMPLES]}
     unnormalized = maxima | raw_counts
     metrics = {name: float(total) / (1 if name in unnormalized else len(y_all)) for name, total in totals.items()}
     tables = {name: {column: torch.cat(parts) for column, parts in table.items()} for name, table in columns.items()}

@@ -8,9 +8,10 @@ from trainables.core.evaluation.base import Batch
 
 
 class Item:
-    """An `eval.items` entry. `correct` returns per-metric sums over one batch (counts of
-    examples still correct, by default divided by the number of examples at the end);
-    `derived` computes metrics from the totals and the per-example tables."""
+    """An `eval.items` entry. `correct` returns, per metric, which examples of the batch are
+    still correct (one bool each: a column of the evaluation's per-example records, summed and
+    divided by the number of examples at the end) or a sum over the batch (a count, a maximum,
+    a mean's numerator); `derived` computes metrics from the totals and the per-example tables."""
 
     needs_bound = False  # measures a certificate: the model must be Lipschitz-bounded
     needs_classes = False  # attacks class decisions of images in [0, 1] (not a one-output regression)

@@ -9,7 +9,16 @@ from typing import Literal
 
 import torch
 
-from trainables.core.evaluation.base import EVALUATIONS, Batch, check_eps, distances, metric_name, seeded, verified
+from trainables.core.evaluation.base import (
+    EVALUATIONS,
+    EXAMPLES,
+    Batch,
+    check_eps,
+    distances,
+    metric_name,
+    seeded,
+    verified,
+)
 from trainables.core.evaluation.item import Item
 from trainables.core.evaluation.library import MIN_NORM_ATTACKS, MIN_NORM_SUPPORTS
 from trainables.core.schema import require
@@ -84,7 +93,8 @@ class MinNormEval(Item):
             for attack, values in found.items():
                 columns[f"radius_{attack}"][index] = values
         batch.record(self.prefix, label=batch.y, correct=ok, radius=radius, **columns)
-        counts = {metric_name(self.prefix, eps): (ok & (radius > eps)).sum() for eps in self.eps}
+        batch.record(EXAMPLES, **{f"{self.prefix}_radius": radius})
+        counts = {metric_name(self.prefix, eps): ok & (radius > eps) for eps in self.eps}
         counts[f"{self.prefix}_unbroken"] = (ok & torch.isinf(radius)).sum()
         return counts
 

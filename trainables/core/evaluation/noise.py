@@ -62,5 +62,5 @@ class NoiseEval(Item):
                 for _ in range(self.k):
                     noisy = (batch.x + self.draw(batch.x, eps, zeta, batch.generator)).clamp(0.0, 1.0)
                     ok &= batch.model(noisy).argmax(1) == batch.y
-                counts[metric_name(prefix, eps)] = ok.sum()
+                counts[metric_name(prefix, eps)] = ok
         return counts
