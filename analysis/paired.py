@@ -104,6 +104,18 @@ class Comparison:
     difference: Estimate
     p_better: float
     verdict: str
+    error: float  # the standard error of the difference
+    freedom: float  # its degrees of freedom
+
+    def p_superior(self) -> float:
+        """One-sided p-value of "A is better" (H0: A - B <= 0)."""
+        return 1.0 - self.p_better
+
+    def p_not_worse(self, delta: float) -> float:
+        """One-sided p-value of "A is not worse by delta or more" (H0: A - B <= -delta)."""
+        if self.error == 0:
+            return 0.0 if self.difference.mean > -delta else 1.0
+        return float(stats.t.sf((self.difference.mean + delta) / self.error, self.freedom))
 
     def describe(self, objective: str) -> str:
         """`robust +0.8 ± 0.6 (P = 0.99, better)`, in points."""
@@ -158,7 +170,7 @@ class Evidence:
             p_better = float(stats.t.cdf(difference.mean / error, freedom))
         else:
             p_better = 1.0 if difference.mean > 0 else 0.0 if difference.mean < 0 else 0.5
-        return Comparison(difference, p_better, verdict(difference, delta))
+        return Comparison(difference, p_better, verdict(difference, delta), error, freedom)
 
     def variance_components(self, a: str, b: str) -> tuple[float, float]:
         """Of the difference A - B: the variance from its examples (shrinks with more examples)

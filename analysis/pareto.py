@@ -42,6 +42,7 @@ from analysis.records import (  # noqa: E402
     study_parser,
     trial_runs,
 )
+from analysis.verdicts import Verdicts, paired_verdicts  # noqa: E402
 
 CLEAN = "front.clean"
 ROBUST = "front.robust"
@@ -136,9 +137,11 @@ def plus_minus(mean: float, half: float) -> str:
     return f"{mean:.3f} ± {half:.3f}" if not math.isnan(half) else f"{mean:.3f} (1 seed)"
 
 
-def confirmed_table(front: pd.DataFrame) -> pd.DataFrame:
-    """The confirmed front as printed: `mean ± half-width` of the 95% Student-t interval."""
-    return pd.DataFrame({
+def confirmed_table(front: pd.DataFrame, verdicts: Verdicts | None = None) -> pd.DataFrame:
+    """The confirmed front as printed: `mean ± half-width` of the 95% Student-t interval over
+    seeds, or with `verdicts` of the interval over seeds and examples, and whether each place is
+    settled."""
+    table = pd.DataFrame({
         "method": front["method"],
         "hyperparameters": front["hyperparameters"],
         "seeds": front["seeds"],
@@ -146,6 +149,14 @@ def confirmed_table(front: pd.DataFrame) -> pd.DataFrame:
         "robust_acc": [plus_minus(m, h) for m, h in zip(front["robust"], front["robust_half"], strict=True)],
         "config_id": front["config_id"],
     }).reset_index(drop=True)
+    if verdicts is None:
+        return table
+    paired = verdicts.table.set_index("config_id").loc[table["config_id"]]
+    for objective in ("clean", "robust"):
+        halves = (paired[f"{objective}_high"] - paired[f"{objective}_low"]) / 2
+        table[f"{objective}_acc"] = [plus_minus(m, h) for m, h in zip(paired[objective], halves, strict=True)]
+    table.insert(5, "settled", ["yes" if done else "no" for done in paired["settled"]])
+    return table
 
 
 def select_for_confirmation(trials: pd.DataFrame, top: int, per_method: bool) -> pd.DataFrame:
@@ -265,6 +276,7 @@ class StudyAnalysis:
     robust_metric: str
     confirm_robust_metric: str
     hypervolumes: dict[str, float]
+    verdicts: Verdicts | None  # the paired view of the confirm stage, where its runs have per-example records
 
 
 def analyse(client: MlflowClient, parent_run_id: str) -> StudyAnalysis:
@@ -275,11 +287,19 @@ def analyse(client: MlflowClient, parent_run_id: str) -> StudyAnalysis:
     confirmed = confirmed_front(configs)
     tags = client.get_run(parent_run_id).data.tags
     robust_metric = tags.get(FINAL_ROBUST_METRIC_TAG) or tags.get(ROBUST_METRIC_TAG, "robust_acc")
+    confirm_robust_metric = tags.get(CONFIRM_ROBUST_METRIC_TAG, robust_metric)
     hypervolumes = {"search_hypervolume": hypervolume(front[[CLEAN, ROBUST]].to_numpy())}
+    verdicts = None
     if not configs.empty:
         hypervolumes["confirmed_hypervolume"] = hypervolume(confirmed[["clean", "robust"]].to_numpy())
-    return StudyAnalysis(trials, search, front, configs, confirmed, robust_metric,
-                         tags.get(CONFIRM_ROBUST_METRIC_TAG, robust_metric), hypervolumes)
+        runs = completed(trials[trials["stage"] == CONFIRM])
+        final = bool(column(runs, FINAL_ROBUST).notna().all())
+        names = {row.config_id: f"{row.method} ({row.hyperparameters})" if row.hyperparameters else row.method
+                 for row in configs.itertuples()}
+        verdicts = paired_verdicts(client, runs, final, confirm_robust_metric if final else tags.get(
+            ROBUST_METRIC_TAG, "robust_acc"), names)
+    return StudyAnalysis(trials, search, front, configs, confirmed, robust_metric, confirm_robust_metric,
+                         hypervolumes, verdicts)
 
 
 def write_analysis(client: MlflowClient, parent_run_id: str, out: Path) -> StudyAnalysis:
@@ -317,10 +337,7 @@ def print_fronts(study: StudyAnalysis) -> None:
     for _, trial in front[front["eval_warning"].astype(bool)].iterrows():
         print(f"! {trial['method']} ({trial['run_id'][:8]}): {trial['eval_warning']}")
     if not configs.empty:
-        seeds = ", ".join(str(s) for s in sorted(trials.loc[trials["stage"] == CONFIRM, "seed"].dropna().unique()))
-        print(f"\nConfirmed front ({len(study.confirmed)} of {len(configs)} configurations; seeds {seeds}; "
-              f"clean vs {robust_label(study.confirm_robust_metric)}; mean ± {CONFIDENCE:.0%} Student-t half-width):")
-        print(confirmed_table(study.confirmed).to_string(index=False))
+        print_confirmed(study)
     violations = column(trials, "metrics.final_certificate_violations", 0.0).fillna(0)
     for _, trial in trials[violations > 0].iterrows():
         print(f"error: certificate violated: {trial['method']} ({trial['run_id']}): "
@@ -329,6 +346,31 @@ def print_fronts(study: StudyAnalysis) -> None:
     if failed:
         print(f"{failed} trial(s) failed: see the tag robust_study.failure of their MLflow runs")
 
+
+def print_confirmed(study: StudyAnalysis) -> None:
+    """The confirmed front: with per-example records, each configuration's interval over seeds
+    and examples, whether its place is settled, and the paired verdicts of the front's pairs;
+    without them (a study recorded before records existed), Student-t intervals over seeds."""
+    trials, configs, verdicts = study.trials, study.configs, study.verdicts
+    seeds = ", ".join(str(s) for s in sorted(trials.loc[trials["stage"] == CONFIRM, "seed"].dropna().unique()))
+    axes = f"clean vs {robust_label(study.confirm_robust_metric)}"
+    if verdicts is None:
+        print(f"\nConfirmed front ({len(study.confirmed)} of {len(configs)} configurations; seeds {seeds}; {axes}; "
+              f"mean ± {CONFIDENCE:.0%} Student-t half-width over seeds):")
+        print(confirmed_table(study.confirmed).to_string(index=False))
+        print("(no per-example records in these runs, recorded before they existed: intervals over seeds only, "
+              "no paired verdicts)")
+        return
+    settled = int(verdicts.table["settled"].sum())
+    print(f"\nConfirmed front ({len(study.confirmed)} of {len(configs)} configurations; seeds {seeds}; {axes}; "
+          f"mean ± {verdicts.confidence:.0%} interval over seeds and {verdicts.examples} examples; "
+          f"{settled} of {len(configs)} places settled):")
+    print(confirmed_table(study.confirmed, verdicts).to_string(index=False))
+    if verdicts.lines:
+        print(f"Paired verdicts (A - B in points, {verdicts.confidence:.0%} interval, P(A > B); "
+              f"equivalent: inside ±{100 * verdicts.delta:g}; places: {verdicts.correction}):")
+        for line in verdicts.lines:
+            print(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:

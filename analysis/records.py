@@ -25,6 +25,7 @@ STAGE_TAG = "robust_study.stage"  # search or confirm
 CONFIG_TAG = "robust_study.config_id"  # one configuration: its search trial and every seed confirming it
 SEED_TAG = "robust_study.seed"  # the run's train.seed
 CONFIRM_ROBUST_METRIC_TAG = "robust_study.confirm_robust_metric"  # the confirmed front's robust axis
+ROUND_TAG = "robust_study.round"  # a racing confirm stage's round that trained the run (none: the first)
 SEARCHED_TAG = "robust_study.searched"  # the hyperparameters the search varied, "," between
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what newer MLflow UIs pick the experiment's view by
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI (markdown)

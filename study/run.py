@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.pareto import print_fronts
 from analysis.report import write_report
+from study.race import Race
 from study.spec import StudySpec
 from study.stages import ConfirmStage, SearchStage, StageInputs, StudyContext, run_stage
 from study.storage import SPEC_FILE, Storage, StudyRecord, check_cluster
@@ -86,6 +87,8 @@ def prepare(spec: StudySpec, args: argparse.Namespace, open_stores: bool) -> Pre
     search = stage_inputs(SearchStage.settings_for(spec))
     confirm = (stage_inputs(ConfirmStage.settings_for(spec), "confirm.subset")
                if spec.confirm is not None and not args.no_confirm else None)
+    if confirm is not None:
+        check_examples(spec, confirm)
     stores = open_study_stores(storage, tracking_uri) if open_stores else None
     return Prepared(storage, resumed, tracking_uri, search, confirm, stores)
 
@@ -120,13 +123,18 @@ def run_study(spec: StudySpec, args: argparse.Namespace, prepared: Prepared) -> 
                        record.parent_run_id), flush=True)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic progress table, whose columns the study picks
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # epochs between evaluations report no metrics
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a race reads every run's records: no bars
         study = StudyContext(spec, storage, record, client, trial_resources(spec))
         search = SearchStage(study, prepared.search, stores.optuna)
         outcome = run_stage(search, fit=not args.confirm_only)
         unfinished = outcome.unfinished
         # an unfinished search's front waits for it
         if prepared.confirm is not None and (args.confirm_only or not unfinished):
-            unfinished += run_stage(ConfirmStage(study, prepared.confirm, search)).unfinished
+            confirm = ConfirmStage(study, prepared.confirm, search)
+            unfinished += run_stage(confirm).unfinished
+            race = Race(study, confirm, prepared.confirm)
+            if not unfinished and race.racing and confirm.points:
+                unfinished += race.run()
         client.set_terminated(record.parent_run_id, KILLED if unfinished else FINISHED)
     finally:
         ray.shutdown()
@@ -137,6 +145,16 @@ def run_study(spec: StudySpec, args: argparse.Namespace, prepared: Prepared) -> 
               f"--storage {args.storage} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if outcome.failed == spec.search.num_samples else 0
+
+
+def check_examples(spec: StudySpec, confirm: StageInputs) -> None:
+    """A confirm stage cannot race on more examples than its evaluation's split holds."""
+    judged = confirm.settings.final_eval or confirm.settings.eval
+    held = len(confirm.data.split(judged.split)[1])
+    limit = spec.confirm.max_examples
+    if limit is not None and limit > held:
+        raise ConfigError(f"confirm.max_examples: {limit}, but the {judged.split} split holds {held} examples; "
+                          f"allowed: at most {held}")
 
 
 def stage_inputs(settings: RunSettings, key: str | None = None) -> StageInputs:

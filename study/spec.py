@@ -195,11 +195,31 @@ class TrackingConfig:
 
 
 @dataclass
+class RaceBudget:
+    """What a racing confirm stage may spend after its first round: new seed trials, and
+    seconds of wall time (a round that starts within the budget finishes). None: no limit."""
+
+    trials: int | None = None
+    seconds: float | None = None
+
+    def check(self, path: str) -> None:
+        require(self.trials is None or self.trials > 0, f"{path}.trials", f"must be > 0, got {self.trials}")
+        require(self.seconds is None or self.seconds > 0, f"{path}.seconds", f"must be > 0, got {self.seconds}")
+
+
+@dataclass
 class ConfirmConfig:
     """After the search, retrain the front's configurations once per seed on the full budget:
     at most `top` of them (the front's points that add the most hypervolume; with `per_method`,
     each method's best configuration first). `epochs`, `subset` (data.subset) and `final_eval`
-    replace the search's settings for these runs; omitted, the search's stay."""
+    replace the search's settings for these runs; omitted, the search's stay. `examples`: how
+    many examples its evaluation judges them on (default: that evaluation's own).
+
+    Racing (`max_seeds` above the number of seeds, or `max_examples` above `examples`): after each
+    round the paired verdicts (`confidence`, equivalence margin `delta`) decide which places on
+    the front are settled; while some are not and `budget` remains, the next round evaluates
+    the trials on more examples (from their checkpoints) or trains more seeds, whichever shrinks
+    the open intervals most per second. Defaults: no more seeds or examples (a fixed stage)."""
 
     seeds: list[int]
     top: int = 4
@@ -207,6 +227,12 @@ class ConfirmConfig:
     epochs: int | None = None
     subset: int | None = None
     final_eval: EvalConfig | None = None
+    examples: int | None = None
+    max_seeds: int | None = None
+    max_examples: int | None = None
+    budget: RaceBudget = field(default_factory=RaceBudget)
+    delta: float = 0.01
+    confidence: float = 0.95
 
     def check(self, path: str) -> None:
         require(bool(self.seeds), f"{path}.seeds", "needs at least one seed, e.g. [0, 1, 2]")
@@ -219,6 +245,18 @@ class ConfirmConfig:
         require(self.epochs is None or self.epochs >= 1, f"{path}.epochs", f"must be >= 1, got {self.epochs}")
         require(self.subset is None or self.subset >= 1, f"{path}.subset",
                 f"must be a positive number of examples, got {self.subset}")
+        require(self.examples is None or self.examples >= 1, f"{path}.examples",
+                f"must be a positive number of examples, got {self.examples}")
+        require(self.max_seeds is None or self.max_seeds >= len(self.seeds), f"{path}.max_seeds",
+                f"must be at least the {len(self.seeds)} seed(s) of confirm.seeds, got {self.max_seeds}")
+        require(self.delta >= 0, f"{path}.delta", f"must be >= 0, got {self.delta}")
+        require(0.5 < self.confidence < 1, f"{path}.confidence", f"must be in (0.5, 1), got {self.confidence}")
+        require(self.max_seeds is None or self.max_seeds <= len(self.seeds) or len(self.seeds) >= 2,
+                f"{path}.seeds", "racing needs at least 2 seeds to start from (a seed variance)")
+
+    @property
+    def seed_limit(self) -> int:
+        return self.max_seeds or len(self.seeds)
 
 
 @dataclass
@@ -288,6 +326,10 @@ class StudySpec(RunSettings):
                 "confirms a clean-vs-robust front, so objectives must maximize clean_acc and a robust "
                 f"accuracy; allowed robust metrics: {', '.join(robust)}")
         settings = self.confirm_settings()
+        judged = settings.final_eval or settings.eval
+        limit = self.confirm.max_examples
+        require(limit is None or judged.examples is None or limit >= judged.examples, "confirm.max_examples",
+                f"must be at least confirm.examples ({judged.examples}), got {limit}")
         if self.confirm.final_eval is not None:
             settings.final_eval.check_classifier(self.data.dataset, "confirm.final_eval")
             if settings.final_eval.needs_bound:
@@ -300,12 +342,15 @@ class StudySpec(RunSettings):
         """What every confirmation run shares: the search's settings with confirm's overrides, and
         no rungs (no scheduler compares confirmation runs: `every: rungs` evaluates at the end)."""
         settings, confirm = self.settings(), self.confirm
+        final_eval = confirm.final_eval or settings.final_eval
+        examples = {"examples": confirm.examples} if confirm.examples is not None else {}
         return replace(
             settings,
             rungs=[],
             train=replace(settings.train, epochs=confirm.epochs or settings.train.epochs),
             data=replace(settings.data, subset=confirm.subset or settings.data.subset),
-            final_eval=confirm.final_eval or settings.final_eval,
+            eval=replace(settings.eval, **examples) if final_eval is None else settings.eval,
+            final_eval=replace(final_eval, **examples) if final_eval is not None else None,
         )
 
     def check_model_overrides(self, label: str, params: dict[str, Param]) -> None:

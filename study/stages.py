@@ -67,6 +67,7 @@ class Stage:
     """One stage of a study; subclasses say what differs."""
 
     name: ClassVar[str]
+    race_round = 0  # a racing confirm stage's round (0: not one)
 
     def __init__(self, study: StudyContext, inputs: StageInputs) -> None:
         self.study = study
@@ -100,7 +101,8 @@ class Stage:
     def tracker(self) -> TrialTracker:
         spec, record = self.study.spec, self.study.record
         return TrialTracker(record.tracking_uri, record.parent_run_id, self.settings.metric_names() + TRIAL_METRICS,
-                            self.settings.train.epochs, spec.searched(), self.name, self.settings.train.seed)
+                            self.settings.train.epochs, spec.searched(), self.name, self.settings.train.seed,
+                            self.race_round)
 
     def announce(self) -> bool:
         """Say what the stage is about to run; False where it has nothing to run."""
@@ -179,7 +181,25 @@ class SearchStage(Stage):
         return {trial.trial_id: TrialConfig.from_tune(trial.config, self.name) for trial in self.saved_trials()}
 
 
-class ConfirmStage(Stage):
+class PointsStage(Stage):
+    """A stage that trains a fixed list of (configuration, seed) pairs, each to the end."""
+
+    @property
+    def points(self) -> list[TrialConfig]:
+        raise NotImplementedError
+
+    def owed(self) -> int:
+        return len(self.points)
+
+    def searcher(self) -> Searcher:
+        points: list[dict[str, Any]] = [point.to_tune() for point in self.points]
+        return ConcurrencyLimiter(ConfirmationPoints(points), max_concurrent=self.study.spec.search.max_concurrent)
+
+    def scheduler(self) -> TrialScheduler:
+        return FIFOScheduler()
+
+
+class ConfirmStage(PointsStage):
     """The search front's chosen configurations (`confirm.top`), once per seed, each to the end.
     The (configuration, seed) pairs are chosen once, seed-major (every configuration's first seed
     before any second one), and saved in the study folder: a resumed stage goes on with the list
@@ -223,16 +243,6 @@ class ConfirmStage(Stage):
         return [configs[trial_id].with_seed(seed, self.name)
                 for seed in spec.confirm.seeds for trial_id in chosen["trial_id"]]
 
-    def owed(self) -> int:
-        return len(self.points)
-
-    def searcher(self) -> Searcher:
-        points: list[dict[str, Any]] = [point.to_tune() for point in self.points]
-        return ConcurrencyLimiter(ConfirmationPoints(points), max_concurrent=self.study.spec.search.max_concurrent)
-
-    def scheduler(self) -> TrialScheduler:
-        return FIFOScheduler()
-
     def announce(self) -> bool:
         """Say what the stage will run, and tag the study run with the confirmed front's robust
         axis; False where the search front is empty and there is nothing to confirm."""
@@ -247,3 +257,23 @@ class ConfirmStage(Stage):
         print(f"confirm: {len(self.points) // seeds} configuration(s) x {seeds} seed(s), "
               f"{self.settings.train.epochs} epochs on {len(self.data.train_y)} images", flush=True)
         return True
+
+
+class RaceRound(PointsStage):
+    """A round of a racing confirm stage that trains more seeds of some configurations (their
+    runs are confirm runs, tagged with the round); its pairs are saved with the race's plan."""
+
+    name = CONFIRM
+
+    def __init__(self, study: StudyContext, inputs: StageInputs, number: int, points: list[TrialConfig]) -> None:
+        super().__init__(study, inputs)
+        self.race_round = number
+        self._points = points
+
+    @property
+    def folder(self) -> str:
+        return f"{self.study.record.run_name}{ConfirmStage.SUFFIX}-r{self.race_round}"
+
+    @property
+    def points(self) -> list[TrialConfig]:
+        return self._points

@@ -30,6 +30,7 @@ from analysis.records import (
     ORPHAN_TAG,
     PARENT_TAG,
     ROBUST_METRIC_TAG,
+    ROUND_TAG,
     SEARCH,
     SEARCHED_TAG,
     SEED_TAG,
@@ -137,8 +138,9 @@ class TrialTracker(tune.Callback):
     """
 
     def __init__(self, tracking_uri: str, parent_run_id: str, metric_names: list[str], epochs: int,
-                 searched: dict[str, list[str]], stage: str = SEARCH, seed: int = 0) -> None:
+                 searched: dict[str, list[str]], stage: str = SEARCH, seed: int = 0, race_round: int = 0) -> None:
         self.tracking_uri = tracking_uri
+        self.race_round = race_round  # a racing confirm stage's round (its own Tune experiment); 0: none
         self.searched = searched
         self.parent_run_id = parent_run_id
         self.metric_names = metric_names
@@ -176,7 +178,8 @@ class TrialTracker(tune.Callback):
                 run_name=config.run_name(searched),
                 tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: config.label,
                       STAGE_TAG: config.stage, CONFIG_TAG: config.config_id(), SEED_TAG: str(config.seed_or(self.seed)),
-                      SEARCHED_TAG: ",".join(searched)},
+                      SEARCHED_TAG: ",".join(searched),
+                      **({ROUND_TAG: str(self.race_round)} if self.race_round else {})},
             )
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=as_params(trial_params(trial, config)))
@@ -243,7 +246,8 @@ class TrialTracker(tune.Callback):
         state: Tune no longer knows them and samples anew, so they are marked KILLED, tagged,
         and soft-deleted (kept, restorable with `mlflow runs restore`) to leave one run per trial."""
         for run in child_runs(self.client, self.parent_run_id, stage=self.stage):
-            if run.data.tags.get(TRIAL_TAG) not in known:
+            mine = run.data.tags.get(ROUND_TAG, "0") == str(self.race_round)  # each round is its own Tune experiment
+            if mine and run.data.tags.get(TRIAL_TAG) not in known:
                 self.client.set_tag(run.info.run_id, ORPHAN_TAG, "started by a driver that died before Tune saved it")
                 self.client.set_terminated(run.info.run_id, KILLED)
                 self.client.delete_run(run.info.run_id)

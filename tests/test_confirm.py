@@ -4,8 +4,10 @@ hand; seeds that change everything random and repeat exactly; bad confirm input 
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -125,13 +127,24 @@ def test_a_seed_sets_every_random_draw_and_repeats_exactly_on_cpu(tiny_fashion_r
 
 
 CONFIRM = {"top": 2, "seeds": [0, 1], "epochs": 3, "subset": 250}
+RACING = {**CONFIRM, "per_method": True, "examples": 50, "max_examples": 200, "max_seeds": 3, "budget": {"trials": 2}}
+
+
+def race_rounds(storage: Path) -> list[dict]:
+    """The race's saved rounds (race.json in the study folder), [] before it has one."""
+    found = [path for path in storage.glob("confirm-*/race.json")]
+    return json.loads(found[0].read_text())["rounds"] if found else []
 
 
 @pytest.mark.integration
-def test_confirm_stage_killed_and_resumed_records_each_configuration_and_seed_once(
+def test_confirm_stage_and_its_race_killed_and_resumed_record_each_configuration_and_seed_once(
         tiny_fashion_root: Path, tmp_path: Path) -> None:
-    spec = tiny_spec(tiny_fashion_root, name="confirm", confirm=CONFIRM, scheduler={"kind": "fifo"},
-                     search={"num_samples": 3, "max_concurrent": 2, "seed": 1})
+    """SIGKILL in the confirm stage's first round, --resume; SIGKILL again in a racing round,
+    --resume to the end: every (configuration, seed) once, every racing run's records on the
+    race's examples once each, the race's plan all done and logged."""
+    spec = tiny_spec(tiny_fashion_root, name="confirm", confirm=RACING, scheduler={"kind": "fifo"},
+                     search={"num_samples": 3, "max_concurrent": 2, "seed": 1},  # eps 3: robust accuracy varies
+                     eval={"items": [{"kind": "attack", "attack": "pgd_l2", "eps": [3.0], "steps": 3}]})
     spec_path = write_spec(tmp_path, spec)
     storage = tmp_path / "runs"
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
@@ -148,6 +161,16 @@ def test_confirm_stage_killed_and_resumed_records_each_configuration_and_seed_on
         kill_session(driver.pid)
     assert "confirm: 2 configuration(s) x 2 seed(s), 3 epochs on 250 images" in log.read_text()
 
+    driver = start_launch(spec_path, "--storage", str(storage), "--resume", log=log)
+    try:
+        deadline = time.monotonic() + 600
+        while not any(not r["done"] for r in race_rounds(storage)):
+            assert driver.poll() is None, "the race ended before a round could be killed:\n" + log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no racing round within 600 s"
+            time.sleep(0.05)
+    finally:
+        kill_session(driver.pid)
+
     done = subprocess.run(launch_command(spec_path, "--storage", str(storage), "--resume"),
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -157,26 +180,40 @@ def test_confirm_stage_killed_and_resumed_records_each_configuration_and_seed_on
     confirm = [r for r in children if r.data.tags[STAGE_TAG] == "confirm"]
     assert len(search) == 3 and {r.data.tags[SEED_TAG] for r in search} == {"0"}
     pairs = [(r.data.tags[CONFIG_TAG], r.data.tags[SEED_TAG]) for r in confirm]
-    assert len(pairs) == len(set(pairs)) == 4, "each (configuration, seed) exactly once"
+    assert len(pairs) == len(set(pairs)), "each (configuration, seed) exactly once"
     configs = {config for config, _ in pairs}
-    assert configs <= {r.data.tags[CONFIG_TAG] for r in search}, "config ids name the search trials confirmed"
+    assert len(configs) == 2 and configs <= {r.data.tags[CONFIG_TAG] for r in search}
+    rounds = race_rounds(storage)
+    assert rounds and all(r["done"] for r in rounds)
+    new_seeds = [a for r in rounds for a in r["actions"] if a["kind"] == "seed"]
+    assert len(pairs) == 4 + len(new_seeds) and len(new_seeds) <= 2, (pairs, rounds)
     for config in configs:
-        assert sorted(seed for c, seed in pairs if c == config) == ["0", "1"]
+        seeds = sorted(seed for c, seed in pairs if c == config)
+        assert seeds in (["0", "1"], ["0", "1", "2"])
     for run_ in confirm:
         assert run_.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run_.info.run_id, "train_loss")] == [1, 2, 3]
+    examples = max(r["examples"] for r in rounds)
+    for run_ in confirm:
+        records = pd.read_parquet(client.download_artifacts(run_.info.run_id, "eval/examples.parquet",
+                                                            str(tmp_path / run_.info.run_id)))
+        assert records["index"].is_unique and records["pgd_l2_eps3_acc"].notna().sum() == examples
+        assert run_.data.metrics["pgd_l2_eps3_acc"] == pytest.approx(records["pgd_l2_eps3_acc"].dropna().mean())
     by_config = {c: [r for r in confirm if r.data.tags[CONFIG_TAG] == c] for c in configs}
     assert all(rs[0].data.metrics["train_loss"] != rs[1].data.metrics["train_loss"] for rs in by_config.values())
 
     printed = done.stdout.split("Confirmed front")[1]
-    assert "seeds 0, 1" in printed.splitlines()[0] and "95% Student-t" in printed.splitlines()[0]
-    assert printed.count(" ± ") >= 2
+    assert f"95% interval over seeds and {examples} examples" in printed.splitlines()[0]
+    assert printed.count(" ± ") >= 2 and "settled" in printed and " vs " in printed
+    assert "race: after round" in done.stdout
     parent = parents[0].info.run_id
     logged = {a.path for a in client.list_artifacts(parent, "analysis")}
     assert {"analysis/confirmed_front.csv", "analysis/confirmed_front.png", "analysis/front.png",
-            "analysis/hypervolume.png"} <= logged
+            "analysis/hypervolume.png", "analysis/race.csv"} <= logged
+    race = pd.read_csv(client.download_artifacts(parent, "analysis/race.csv", str(tmp_path)))
+    assert len(race) == sum(len(r["actions"]) for r in rounds) and race["reason"].str.len().min() > 0
     table = pd.read_csv(client.download_artifacts(parent, "analysis/confirmed_front.csv", str(tmp_path)))
-    assert set(table["config_id"]) == configs and (table["seeds"] == 2).all()
+    assert set(table["config_id"]) == configs
     metrics = client.get_run(parent).data.metrics
     assert 0 < metrics["search_hypervolume"] <= 1 and 0 < metrics["confirmed_hypervolume"] <= 1
 
@@ -190,6 +227,17 @@ def test_confirm_stage_killed_and_resumed_records_each_configuration_and_seed_on
     ({"seeds": [0]}, {"objectives": [{"metric": "robust_acc"}]},
      "error: confirm: confirms a clean-vs-robust front, so objectives must maximize clean_acc and a robust"),
     ({"seeds": [0], "subset": 10 ** 6}, {}, "error: confirm.subset: data.subset/data.val: 1000000 training"),
+    ({"seeds": [0, 1, 2], "max_seeds": 2}, {}, "error: confirm.max_seeds: must be at least the 3 seed(s) of confirm"),
+    ({"seeds": [0, 1], "examples": 100, "max_examples": 50}, {},
+     "error: confirm.max_examples: must be at least confirm.examples (100), got 50"),
+    ({"seeds": [0, 1], "max_examples": 10 ** 5}, {},
+     "error: confirm.max_examples: 100000, but the test split holds 200 examples; allowed: at most 200"),
+    ({"seeds": [0, 1], "delta": -0.01}, {}, "error: confirm.delta: must be >= 0, got -0.01"),
+    ({"seeds": [0, 1], "confidence": 1.0}, {}, "error: confirm.confidence: must be in (0.5, 1), got 1.0"),
+    ({"seeds": [0, 1], "confidence": 0.5}, {}, "error: confirm.confidence: must be in (0.5, 1), got 0.5"),
+    ({"seeds": [0, 1], "budget": {"trials": 0}}, {}, "error: confirm.budget.trials: must be > 0, got 0"),
+    ({"seeds": [0, 1], "budget": {"seconds": -5}}, {}, "error: confirm.budget.seconds: must be > 0, got -5"),
+    ({"seeds": [0], "max_seeds": 3}, {}, "error: confirm.seeds: racing needs at least 2 seeds"),
 ])
 def test_bad_confirm_input_is_refused_before_anything_starts(
         tiny_fashion_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, confirm: dict, extra: dict,

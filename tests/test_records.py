@@ -124,5 +124,8 @@ def test_a_later_evaluation_joins_the_records_and_drops_none() -> None:
     assert list(new.columns) == ["index", "label", "final_clean_acc", "final_autoattack_l2_eps1_acc"]
     merged = merge_records(kept, new)
     assert list(merged["index"]) == [4, 1, 7, 9]
+    block = pd.DataFrame({"index": [9, 3], "label": [1, 0], "clean_acc": [True, True]})
+    extended = merge_records(kept, block)
+    assert list(extended["clean_acc"]) == [True, False, True, True, True], "a new block keeps the old rows' values"
     assert list(merged["final_autoattack_l2_eps1_acc"]) == [False, False, True, True], "the new evaluation's column"
     assert list(merged["clean_acc"].astype(object).fillna("na")) == [True, False, True, "na"]

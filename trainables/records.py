@@ -34,11 +34,14 @@ def records_frame(tables: dict[str, dict[str, torch.Tensor]]) -> pd.DataFrame | 
 
 
 def merge_records(kept: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """`kept` records with `new` ones joined in: a column both hold is the new evaluation's, and
-    examples only one of them took keep their rows (a later evaluation on more examples extends
-    the set, it never drops what was recorded)."""
-    kept = kept.drop(columns=[c for c in new.columns if c not in KEYS and c in kept.columns])
-    merged = kept.merge(new, on=KEYS, how="outer", sort=False)
+    """`kept` records with `new` ones joined in: where both hold a value of the same column for
+    the same example the new evaluation's counts; examples or columns only one of them holds
+    keep their values (a later evaluation on more examples extends the set, it never drops what
+    was recorded)."""
+    merged = kept.merge(new, on=KEYS, how="outer", sort=False, suffixes=("", "__new"))
+    for column in new.columns:
+        if column not in KEYS and f"{column}__new" in merged:
+            merged[column] = merged.pop(f"{column}__new").combine_first(merged[column])
     return merged.sort_values("index", kind="stable", key=lambda index: index.map(order_of(kept, new)))
 
 

@@ -9,7 +9,9 @@ MLflow stores at the end).
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 from ray import tune
 
 from trainables.core.data import DataBundle
+from trainables.core.evaluation import run_evaluation
 from trainables.core.figures import is_one_dimensional_fit, one_dimensional_fit
 from trainables.core.methods import build_method
 from trainables.core.models import build_model
@@ -71,3 +74,25 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle,
 
     fit(settings, method, data, on_epoch=report, resume_from=resume_from)
 
+
+
+def evaluate_checkpoint(config: dict[str, Any], settings: RunSettings, data: DataBundle, stage: str,
+                        checkpoint: tune.Checkpoint, start: int, stop: int) -> tuple[dict, float]:
+    """A trained trial's judging evaluation (the final one where the settings have it, else the
+    epoch's) on examples `start` .. `stop` of the evaluation order, from its checkpoint's weights:
+    the evaluation's per-example tables (its records named as a final evaluation's where it is
+    one) and the seconds it took. For a racing confirm stage's rounds, as a Ray task."""
+    trial = TrialConfig.from_tune(config, stage)
+    settings = trial.apply(settings)
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    device = resolve_device(settings.train.device)
+    with checkpoint.as_directory() as folder:
+        weights = torch.load(Path(folder) / MODEL_FILE, map_location=device, weights_only=True)
+    data = data.to(device)
+    model = build_model(settings.model, data.info).to(device)
+    model.load_state_dict(weights)
+    judged = replace(settings.final_eval or settings.eval, examples=stop, skip=start)
+    started = time.perf_counter()
+    result = run_evaluation(model, data, judged, seed=settings.train.seed)
+    seconds = time.perf_counter() - started
+    return (result.final_tables() if settings.final_eval is not None else result.tables), seconds

@@ -16,7 +16,7 @@ from trainables.core.evaluation.attack import AttackEval
 from trainables.core.evaluation.base import EVALUATIONS, EXAMPLES, FINAL_EXAMPLES, Batch, correct_predictions
 from trainables.core.evaluation.indicators import GRADIENT_SHARE, dead_gradients, metric_warnings
 from trainables.core.registry import ConfigError
-from trainables.core.schema import named_mapping, parse, require, require_seed
+from trainables.core.schema import INTERNAL, named_mapping, parse, require, require_seed
 
 
 class EvalItem:
@@ -40,6 +40,7 @@ class EvalConfig:
     split: Literal["val", "test"] = "test"
     examples: int | None = 1000
     sample_seed: int = 0
+    skip: int = field(default=0, metadata={INTERNAL: True})  # set by a racing stage: judge examples skip .. examples
     batch_size: int = 500
     items: list[EvalItem] = field(default_factory=lambda: [AttackEval()])
     robust_metric: str | None = None
@@ -135,7 +136,7 @@ def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progr
     seeded afresh from the run's `seed` (the same noise, starts and targets every time for one
     seed; other draws for another, on the same examples); `progress` shows a bar of batches."""
     x_all, y_all = data.split(config.split)
-    index = evaluation_order(y_all, config.sample_seed)[: config.examples]
+    index = evaluation_order(y_all, config.sample_seed)[config.skip: config.examples]
     x_all, y_all = x_all[index], y_all[index]
     if len(y_all) == 0:
         raise ConfigError(f"eval.split: the {config.split} split is empty (set data.val > 0 or use test)")

@@ -1,0 +1,105 @@
+"""The next round of a racing confirm stage: where the open questions of the front are, and
+whether more examples or more seeds shrink them most per second.
+
+An open question is a pair whose verdict would settle a place on the front and does not yet
+(analysis.verdicts): a front configuration against one that might still dominate it, or a
+configuration off the front against one that dominates it by the means. Its
+difference's variance has an example part (halved by twice the examples) and a seed part per
+configuration (v / k, down to v / (k + 1) with one more seed); each action's expected shrink of
+the open variance, over its measured cost in seconds, ranks it (after irace / S-Race, choosing
+per round what F-race fixes in advance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analysis.verdicts import OBJECTIVES, Verdicts, means_dominate, not_dominated_p
+
+MORE_EXAMPLES, MORE_SEEDS = "examples", "seed"
+PARALLEL_SHARE = 0.5  # actions at least this share of the best one's gain per second run beside it
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action of a round: evaluate every racing run on `value` examples in all (`examples`),
+    or train configuration `target`'s seed number `value` (`seed`); what it is expected to gain
+    (open variance removed), its expected seconds, and why."""
+
+    kind: str
+    target: str
+    value: int
+    gain: float
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Measured costs: seconds to train and evaluate one more seed, and seconds to evaluate one
+    run on one more example."""
+
+    seconds_per_trial: float
+    seconds_per_example: float
+
+
+def open_pairs(verdicts: Verdicts) -> list[tuple[str, str, str]]:
+    """(A, B, objective) per open question: A's place is unsettled and this comparison with B
+    would settle it; the objective is the uncertain one nearest a decision (smallest |t|; one
+    with no variance left cannot move)."""
+    table = verdicts.table.set_index("config_id")
+    means = {a: {o: table.loc[a, o] for o in OBJECTIVES} for a in table.index}
+    pairs = []
+    for a in table.index[~table["settled"]]:
+        if table.loc[a, "on_front"]:
+            rivals = [b for b in table.index if b != a
+                      and not_dominated_p(verdicts.comparisons[(a, b)], verdicts.delta) > 1 - verdicts.confidence]
+        else:
+            rivals = [b for b in table.index if b != a and means_dominate(means[b], means[a])]
+        for b in rivals:
+            comparisons = verdicts.comparisons[(a, b)]
+            uncertain = [o for o in OBJECTIVES if comparisons[o].error > 0]
+            if uncertain:
+                pairs.append((a, b, min(uncertain, key=lambda o: abs(comparisons[o].difference.mean)
+                                        / comparisons[o].error)))
+    return pairs
+
+
+def plan_round(verdicts: Verdicts, seeds: dict[str, int], examples: int, max_seeds: int, max_examples: int,
+               costs: Costs, racing_runs: int, trials_left: int | None = None) -> list[Action]:
+    """The actions of the next round, best first (none when nothing is open or nothing helps)."""
+    pairs = open_pairs(verdicts)
+    if not pairs:
+        return []
+    candidates = []
+    if examples < max_examples:
+        more = min(max_examples, 2 * examples)
+        example_variance = sum(verdicts.evidence[(a, b)][o].variance_components(a, b)[0] for a, b, o in pairs)
+        gain = example_variance * (1 - examples / more)
+        seconds = (more - examples) * racing_runs * costs.seconds_per_example
+        candidates.append(Action(MORE_EXAMPLES, "", more, gain, seconds,
+                                 f"{len(pairs)} open pair(s): examples {examples} -> {more} halve their example "
+                                 "variance"))
+    for config, k in seeds.items():
+        if k >= max_seeds:
+            continue
+        involved = [(a, b, o) for a, b, o in pairs if config in (a, b)]
+        gain = sum(verdicts.evidence[(a, b)][o].seeds[config][0] * (1 / k - 1 / (k + 1)) for a, b, o in involved)
+        if involved:
+            candidates.append(Action(MORE_SEEDS, config, k + 1, gain, costs.seconds_per_trial,
+                                     f"{len(involved)} open pair(s) with {config}: seed {k + 1} of at most "
+                                     f"{max_seeds}"))
+    useful = sorted((c for c in candidates if c.gain > 0), key=lambda c: c.gain / max(c.seconds, 1e-9), reverse=True)
+    if not useful:
+        return []
+    best = useful[0].gain / max(useful[0].seconds, 1e-9)
+    chosen = [c for c in useful if c.gain / max(c.seconds, 1e-9) >= PARALLEL_SHARE * best]
+    seeds_allowed = trials_left if trials_left is not None else len(chosen)
+    kept, new_seeds = [], 0
+    for action in chosen:
+        if action.kind == MORE_SEEDS:
+            if new_seeds >= seeds_allowed:
+                continue
+            new_seeds += 1
+        kept.append(action)
+    return kept
