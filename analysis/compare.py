@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from analysis.pareto import (  # noqa: E402
@@ -35,9 +37,12 @@ from analysis.pareto import (  # noqa: E402
     plus_minus,
     robust_label,
     study_trials,
+    verdicts_heading,
 )
 from analysis.plotting import finish  # noqa: E402
 from analysis.records import CONFIRM, find_study_run  # noqa: E402
+from analysis.report import SPEC_FILE  # noqa: E402
+from analysis.verdicts import confirm_records, judge  # noqa: E402
 
 CLEAN_METRIC = "final_clean_acc"
 COST_METRIC = "compute_time_s"
@@ -68,6 +73,45 @@ def compare_studies(client: MlflowClient, experiments: list[str], metrics: list[
         tables.append(confirmed_summary(trials, metrics).assign(study=experiment))
     summary = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return summary[["study"] + [c for c in summary.columns if c != "study"]]
+
+
+def judged_examples(client: MlflowClient, parent_run_id: str) -> tuple:
+    """Which examples a study's confirmed configurations were judged on: its data set, the split
+    of its judging evaluation (the final one where it has one), that evaluation's sample_seed and,
+    for the validation split, how it was cut."""
+    with tempfile.TemporaryDirectory() as folder:
+        spec = yaml.safe_load(Path(client.download_artifacts(parent_run_id, SPEC_FILE, folder)).read_text())
+    confirm = spec.get("confirm") or {}
+    judged = confirm.get("final_eval") or spec.get("final_eval") or spec.get("eval") or {}
+    split = judged.get("split", "test")
+    cut = (spec["data"].get("val"), spec["data"].get("seed")) if split == "val" else ()
+    return spec["data"]["dataset"], split, judged.get("sample_seed", 0), cut
+
+
+def paired_across(client: MlflowClient, experiments: list[str], robust: str) -> list[str]:
+    """Paired verdicts between the studies' confirmed configurations on the examples they share,
+    as lines; one line saying why not where a run has no records or the studies judged
+    different examples."""
+    parents = {experiment: find_study_run(client, experiment) for experiment in experiments}
+    runs, names = [], {}
+    for experiment, parent in parents.items():
+        trials = study_trials(client, parent)
+        confirm = completed(trials[trials["stage"] == CONFIRM])
+        runs.append(confirm.assign(config_id=experiment + "/" + confirm["config_id"]))
+        names.update({f"{experiment}/{row.config_id}": f"{experiment}/{row.method}" for row in confirm.itertuples()})
+    columns = {"clean": CLEAN_METRIC, "robust": robust}
+    records = confirm_records(client, pd.concat(runs, ignore_index=True), columns)
+    if records is None:
+        return [f"paired verdicts: none, some confirm runs have no per-example records of {robust} (recorded "
+                "before records existed, or not measured)"]
+    judged = {experiment: judged_examples(client, parent) for experiment, parent in parents.items()}
+    if len(set(judged.values())) > 1:
+        return ["paired verdicts: none, the studies judged different examples (data set, split, sample_seed): "
+                + "; ".join(f"{e}: {j[0]} {j[1]} seed {j[2]}" for e, j in judged.items())]
+    verdicts = judge(records, columns, names)
+    if verdicts is None:
+        return ["paired verdicts: none, the configurations share no evaluated example"]
+    return [verdicts_heading(verdicts) + ":", *(f"  {line}" for line in verdicts.lines)]
 
 
 def read_summaries(paths: list[Path], metrics: list[str]) -> pd.DataFrame:
@@ -183,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     front = cross_front(summary, args.robust)
     print(f"front ({robust_label(args.robust.removeprefix('final_'))}): "
           + ", ".join(f"{row.study}/{row.method}" for row in front.itertuples()))
+    if len(args.experiments) > 1 or (args.experiments and studies[0]["config_id"].nunique() > 1):
+        lines = paired_across(MlflowClient(args.tracking_uri), args.experiments, args.robust)
+        print("\n".join(lines))
+        with open(args.out / "summary.md", "a") as summary_md:
+            summary_md.write("\n" + "\n".join(lines) + "\n")
     print(f"wrote summary.csv, summary.md, front.png, cost.png to {args.out}")
     return 0
 

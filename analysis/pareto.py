@@ -219,6 +219,7 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, pa
     With confirmed `configs`: the search faint behind, each configuration's means with 95%
     intervals on both axes, and the confirmed front through its means."""
     confirmed = configs is not None and not configs.empty
+    paired = confirmed and "settled" in configs  # intervals over seeds and examples, settled places
     faint = 0.25 if confirmed else 1.0
     fig, ax = plt.subplots(figsize=(6.5, 5))
     colors = {}
@@ -236,16 +237,29 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, robust_metric: str, pa
                    label=None if confirmed else "Pareto front")
     if confirmed:
         for method, group in configs.groupby("method"):
-            ax.errorbar(group["clean"], group["robust"], xerr=group["clean_half"].fillna(0),
-                        yerr=group["robust_half"].fillna(0), fmt="o", ms=6, capsize=3, color=colors.get(method),
-                        label=f"{method} (mean, {CONFIDENCE:.0%} CI)")
+            if paired:  # intervals over seeds and examples; a settled place filled, an open one hollow
+                xerr = [group["clean"] - group["clean_low"], group["clean_high"] - group["clean"]]
+                yerr = [group["robust"] - group["robust_low"], group["robust_high"] - group["robust"]]
+            else:
+                xerr, yerr = group["clean_half"].fillna(0), group["robust_half"].fillna(0)
+            color = colors.get(method)
+            ax.errorbar(group["clean"], group["robust"], xerr=xerr, yerr=yerr, fmt="none", capsize=3, color=color)
+            settled = group["settled"].astype(bool) if paired else pd.Series(True, index=group.index)
+            label = f"{method} (mean, {CONFIDENCE:.0%} CI"
+            if settled.any():
+                ax.scatter(group.loc[settled, "clean"], group.loc[settled, "robust"], s=40, color=color, zorder=4,
+                           label=label + (", settled)" if paired else ")"))
+            if not settled.all():
+                ax.scatter(group.loc[~settled, "clean"], group.loc[~settled, "robust"], s=40, facecolors="white",
+                           edgecolors=[color], zorder=4, label=label + ", not settled)")
         best = confirmed_front(configs)
         ax.step(best["clean"], best["robust"], where="pre", color="black", lw=1.6)
         ax.scatter(best["clean"], best["robust"], s=140, facecolors="none", edgecolors="black", lw=1.6,
                    label="confirmed front", zorder=3)
     ax.set_xlabel("clean accuracy")
     ax.set_ylabel(f"robust accuracy ({robust_label(robust_metric)})")
-    ax.set_title("confirmed over seeds (faint: the search)" if confirmed
+    ax.set_title("confirmed over seeds and examples (filled: settled)" if paired
+                 else "confirmed over seeds (faint: the search)" if confirmed
                  else "clean vs robust accuracy (hollow: stopped early)")
     finish(fig, ax, path)
 
@@ -298,6 +312,10 @@ def analyse(client: MlflowClient, parent_run_id: str) -> StudyAnalysis:
                  for row in configs.itertuples()}
         verdicts = paired_verdicts(client, runs, final, confirm_robust_metric if final else tags.get(
             ROBUST_METRIC_TAG, "robust_acc"), names)
+        if verdicts is not None:  # the intervals over seeds and examples, and whether each place is settled
+            paired = verdicts.table.set_index("config_id")
+            for name in ("clean_low", "clean_high", "robust_low", "robust_high", "settled"):
+                configs[name] = configs["config_id"].map(paired[name])
     return StudyAnalysis(trials, search, front, configs, confirmed, robust_metric, confirm_robust_metric,
                          hypervolumes, verdicts)
 
@@ -347,28 +365,36 @@ def print_fronts(study: StudyAnalysis) -> None:
         print(f"{failed} trial(s) failed: see the tag robust_study.failure of their MLflow runs")
 
 
+def confirmed_heading(study: StudyAnalysis) -> str:
+    """What the confirmed front's table shows: its size, seeds, axes and intervals."""
+    trials, configs, verdicts = study.trials, study.configs, study.verdicts
+    seeds = ", ".join(str(s) for s in sorted(trials.loc[trials["stage"] == CONFIRM, "seed"].dropna().unique()))
+    head = (f"Confirmed front ({len(study.confirmed)} of {len(configs)} configurations; seeds {seeds}; "
+            f"clean vs {robust_label(study.confirm_robust_metric)}; ")
+    if verdicts is None:
+        return head + f"mean ± {CONFIDENCE:.0%} Student-t half-width over seeds)"
+    settled = int(verdicts.table["settled"].sum())
+    return head + (f"mean ± {verdicts.confidence:.0%} interval over seeds and {verdicts.examples} examples; "
+                   f"{settled} of {len(configs)} places settled)")
+
+
+def verdicts_heading(verdicts: Verdicts) -> str:
+    return (f"Paired verdicts (A - B in points, {verdicts.confidence:.0%} interval, P(A > B); "
+            f"equivalent: inside ±{100 * verdicts.delta:g}; places: {verdicts.correction})")
+
+
 def print_confirmed(study: StudyAnalysis) -> None:
     """The confirmed front: with per-example records, each configuration's interval over seeds
     and examples, whether its place is settled, and the paired verdicts of the front's pairs;
     without them (a study recorded before records existed), Student-t intervals over seeds."""
-    trials, configs, verdicts = study.trials, study.configs, study.verdicts
-    seeds = ", ".join(str(s) for s in sorted(trials.loc[trials["stage"] == CONFIRM, "seed"].dropna().unique()))
-    axes = f"clean vs {robust_label(study.confirm_robust_metric)}"
+    verdicts = study.verdicts
+    print(f"\n{confirmed_heading(study)}:")
+    print(confirmed_table(study.confirmed, verdicts).to_string(index=False))
     if verdicts is None:
-        print(f"\nConfirmed front ({len(study.confirmed)} of {len(configs)} configurations; seeds {seeds}; {axes}; "
-              f"mean ± {CONFIDENCE:.0%} Student-t half-width over seeds):")
-        print(confirmed_table(study.confirmed).to_string(index=False))
         print("(no per-example records in these runs, recorded before they existed: intervals over seeds only, "
               "no paired verdicts)")
-        return
-    settled = int(verdicts.table["settled"].sum())
-    print(f"\nConfirmed front ({len(study.confirmed)} of {len(configs)} configurations; seeds {seeds}; {axes}; "
-          f"mean ± {verdicts.confidence:.0%} interval over seeds and {verdicts.examples} examples; "
-          f"{settled} of {len(configs)} places settled):")
-    print(confirmed_table(study.confirmed, verdicts).to_string(index=False))
-    if verdicts.lines:
-        print(f"Paired verdicts (A - B in points, {verdicts.confidence:.0%} interval, P(A > B); "
-              f"equivalent: inside ±{100 * verdicts.delta:g}; places: {verdicts.correction}):")
+    elif verdicts.lines:
+        print(f"{verdicts_heading(verdicts)}:")
         for line in verdicts.lines:
             print(f"  {line}")
 

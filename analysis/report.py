@@ -22,13 +22,14 @@ from mlflow.tracking import MlflowClient
 
 from analysis.curves import accuracy_curves, curve_areas, min_norm_curves, plot_curves
 from analysis.pareto import (
-    CONFIDENCE,
     StudyAnalysis,
     best_per_method,
     column,
+    confirmed_heading,
     confirmed_table,
     front_table,
     robust_label,
+    verdicts_heading,
     write_analysis,
 )
 from analysis.records import NOTE_TAG, STUDY_TAG, open_study, study_parser
@@ -82,8 +83,10 @@ def note(spec_name: str, run_name: str, study: StudyAnalysis) -> str:
              f"{len(study.search)} search trials.",
              "", "Pareto front:", "", markdown_table(front) if not front.empty else "(no trial ran the full budget)"]
     if not study.configs.empty:
-        parts += ["", f"Confirmed front (mean ± {CONFIDENCE:.0%} Student-t half-width over seeds):", "",
-                  markdown_table(confirmed_table(study.confirmed))]
+        table = confirmed_table(study.confirmed, study.verdicts)
+        parts += ["", f"{confirmed_heading(study)}:", "", markdown_table(table)]
+        if study.verdicts is not None and study.verdicts.lines:
+            parts += ["", f"{verdicts_heading(study.verdicts)}:", "", *[f"- {line}" for line in study.verdicts.lines]]
     parts += ["", "Artifacts: `analysis/report.html` (everything on one page), `analysis/front.csv` / `.png`, "
               "`analysis/confirmed_front.csv` / `.png` (after a confirm stage), `analysis/hypervolume.png`, "
               "`analysis/curves.csv` / `.png`, `spec.yaml` (the resolved spec)."]
@@ -136,8 +139,11 @@ def write_report(client: MlflowClient, parent_run_id: str, out: Path) -> StudyAn
         ("Pareto front", front_table(study.front).to_html(index=False, na_rep="")),
     ]
     if not study.configs.empty:
-        sections.append((f"Confirmed front (mean ± {CONFIDENCE:.0%} Student-t half-width)",
-                         confirmed_table(study.confirmed).to_html(index=False)))
+        table = confirmed_table(study.confirmed, study.verdicts)
+        sections.append((confirmed_heading(study), table.to_html(index=False)))
+        if study.verdicts is not None and study.verdicts.lines:
+            items = "".join(f"<li>{html.escape(line)}</li>" for line in study.verdicts.lines)
+            sections.append((verdicts_heading(study.verdicts), f"<ul>{items}</ul>"))
     sections += [
         ("Best configuration per method", method_table(study).to_html(index=False, na_rep="")),
         ("Curves and hypervolume", "\n".join(image(path, alt) for path, alt in figures[2:])),

@@ -13,6 +13,7 @@ intervals over seeds (analysis.pareto).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -21,9 +22,10 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from analysis.paired import Comparison, Estimate, Evidence
+from analysis.paired import DRAWS, Comparison, Estimate, Evidence
 
 RECORDS_ARTIFACT = "eval/examples.parquet"
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's records: noise
 OBJECTIVES = ("clean", "robust")
 
 
@@ -134,7 +136,7 @@ def confirm_records(client: MlflowClient, runs: pd.DataFrame,
 
 
 def judge(records: dict[str, list[pd.DataFrame]], columns: dict[str, str], describe: dict[str, str],
-          confidence: float = 0.95, delta: float = 0.01) -> Verdicts | None:
+          confidence: float = 0.95, delta: float = 0.01, draws: int = DRAWS) -> Verdicts | None:
     """The paired view of configurations from their runs' records (`columns`: each objective's
     records column): each configuration judged on the examples all its runs measured, each pair
     on the examples both measured (a configuration that left a race keeps its verdicts on the
@@ -145,8 +147,8 @@ def judge(records: dict[str, list[pd.DataFrame]], columns: dict[str, str], descr
                 for a, b in combinations(names, 2)}
     if any(m[o][a].shape[1] == 0 for m in [*alone.values(), *together.values()] for o in OBJECTIVES for a in m[o]):
         return None
-    judged = {a: {o: Evidence(alone[a][o]) for o in OBJECTIVES} for a in names}
-    pairs = {key: {o: Evidence(matrices[o]) for o in OBJECTIVES} for key, matrices in together.items()}
+    judged = {a: {o: Evidence(alone[a][o], draws) for o in OBJECTIVES} for a in names}
+    pairs = {key: {o: Evidence(matrices[o], draws) for o in OBJECTIVES} for key, matrices in together.items()}
     pairs.update({(b, a): sides for (a, b), sides in list(pairs.items())})
     estimates = {a: {o: judged[a][o].estimate(a, confidence) for o in OBJECTIVES} for a in names}
     comparisons = {(a, b): {o: pairs[(a, b)][o].compare(a, b, confidence, delta) for o in OBJECTIVES}

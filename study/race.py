@@ -88,9 +88,10 @@ class Race:
         return self.spec.seed_limit > len(self.spec.seeds) or (limit or 0) > (self.judged.examples or 0)
 
     def examples(self) -> int:
-        """The examples every racing run has now."""
+        """The examples every racing run has now (at first the judging evaluation's: all of its
+        split where it sets none)."""
         done = [r.examples for r in self.state.rounds if r.done]
-        return done[-1] if done else self.judged.examples
+        return done[-1] if done else self.judged.examples or len(self.inputs.data.split(self.judged.split)[1])
 
     def run(self) -> int:
         """Race to a settled front or the end of the budget; returns unfinished trials (a round
@@ -169,7 +170,7 @@ class Race:
         evaluate the earlier runs on the new block of examples; returns unfinished trials."""
         actions = [Action(**a) for a in plan.actions]
         before = max((r.examples for r in self.state.rounds if r.done and r.number < plan.number),
-                     default=self.judged.examples)
+                     default=self.judged.examples or plan.examples)
         pending = self.submit_block(before, plan.examples, plan.racing) if plan.examples > before else []
         points = [self.new_seed(a) for a in actions if a.kind == MORE_SEEDS]
         unfinished = 0

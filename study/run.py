@@ -123,7 +123,6 @@ def run_study(spec: StudySpec, args: argparse.Namespace, prepared: Prepared) -> 
                        record.parent_run_id), flush=True)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic progress table, whose columns the study picks
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # epochs between evaluations report no metrics
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a race reads every run's records: no bars
         study = StudyContext(spec, storage, record, client, trial_resources(spec))
         search = SearchStage(study, prepared.search, stores.optuna)
         outcome = run_stage(search, fit=not args.confirm_only)

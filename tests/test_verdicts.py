@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
+from analysis import compare
+from analysis.records import BUDGET_TAG, CONFIG_TAG, METHOD_TAG, PARENT_TAG, STAGE_TAG, STUDY_TAG
 from analysis.verdicts import holm, paired_verdicts
 
 EXAMPLES = 1500
@@ -38,9 +41,8 @@ def test_a_dominated_configuration_is_settled_off_and_the_trade_off_on(tmp_path:
     runs = []
     for config, (clean_rate, robust_rate) in rates.items():
         for seed in range(2):
-            wobble = rng.random(EXAMPLES) < 0.05  # a few examples flip from seed to seed
-            clean = (easy < clean_rate) ^ wobble
-            robust = easy < robust_rate
+            clean = (easy < clean_rate) ^ (rng.random(EXAMPLES) < 0.05)  # a few examples flip from seed to seed
+            robust = (easy < robust_rate) ^ (rng.random(EXAMPLES) < 0.05)
             runs.append({"run_id": log_records(client, experiment, tmp_path, config, seed, clean, robust),
                          "config_id": config})
     verdicts = paired_verdicts(client, pd.DataFrame(runs), final=True, robust_metric="autoattack_l2_eps1_acc",
@@ -72,3 +74,47 @@ def test_holm_steps_down_until_a_p_value_is_too_large() -> None:
     assert holm([0.03, 0.01, 0.001, 0.012], 0.05) == [True] * 4, "0.012 <= 0.05/2, then 0.03 <= 0.05/1"
     assert holm([0.04, 0.04], 0.05) == [False, False]
     assert holm([0.02, 0.04], 0.05) == [True, True]
+
+
+def record_study(client: MlflowClient, tmp_path: Path, name: str, dataset: str,
+                 configs: dict[str, tuple[float, float]], easy: np.ndarray) -> None:
+    """A study run of experiment `name` (its spec.yaml naming `dataset`) with two finished confirm
+    runs per configuration, each with records."""
+    experiment = client.create_experiment(name, artifact_location=(tmp_path / name).as_uri())
+    parent = client.create_run(experiment, tags={STUDY_TAG: name}).info.run_id
+    (tmp_path / name).mkdir()
+    spec = tmp_path / name / "spec.txt"
+    spec.write_text(f"name: {name}\ndata: {{dataset: {dataset}}}\nfinal_eval: {{split: test}}\n")
+    client.log_artifact(parent, str(spec.rename(spec.with_name("spec.yaml"))))
+    rng = np.random.default_rng(len(name))
+    for config, (clean_rate, robust_rate) in configs.items():
+        for seed in range(2):
+            clean = (easy < clean_rate) ^ (rng.random(EXAMPLES) < 0.03)
+            run = log_records(client, experiment, tmp_path / name, config, seed, clean, easy < robust_rate)
+            for key, value in {CONFIG_TAG: config, METHOD_TAG: config, PARENT_TAG: parent, STAGE_TAG: "confirm",
+                               BUDGET_TAG: "full"}.items():
+                client.set_tag(run, key, value)
+            client.log_metric(run, "final_clean_acc", float(clean.mean()))
+            client.log_metric(run, "final_autoattack_l2_eps1_acc", float((clean & (easy < robust_rate)).mean()))
+            client.log_metric(run, "final_robust_acc", float((clean & (easy < robust_rate)).mean()))
+            client.log_metric(run, "compute_time_s", 10.0)
+            client.set_terminated(run)
+    client.set_terminated(parent)
+
+
+def test_compare_pairs_studies_that_judged_the_same_examples(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    easy = np.random.default_rng(7).random(EXAMPLES)
+    record_study(client, tmp_path, "gradients", "fashion_mnist", {"gp": (0.80, 0.50)}, easy)
+    record_study(client, tmp_path, "adversarial", "fashion_mnist", {"pgd": (0.75, 0.40)}, easy)
+    record_study(client, tmp_path, "other", "cifar10", {"soc": (0.70, 0.30)}, easy)
+    args = ["--tracking-uri", uri, "--robust", "final_autoattack_l2_eps1_acc", "--out", str(tmp_path / "out")]
+    assert compare.main([*args, "--experiments", "gradients", "adversarial"]) == 0
+    printed = capsys.readouterr().out
+    assert "gradients/gp vs adversarial/pgd: robust +10." in printed and "better" in printed, printed
+    assert "gradients/gp vs adversarial/pgd" in (tmp_path / "out" / "summary.md").read_text()
+    assert compare.main([*args, "--experiments", "gradients", "other"]) == 0
+    assert ("paired verdicts: none, the studies judged different examples (data set, split, sample_seed): "
+            "gradients: fashion_mnist test seed 0; other: cifar10 test seed 0") in capsys.readouterr().out
