@@ -60,6 +60,8 @@ def test_each_configuration_gets_the_mean_and_student_t_interval_of_each_metric(
     assert summary.loc["gn-b", "compute_time_s"] == pytest.approx(10.0)
     table = (out / "summary.md").read_text()
     assert f"0.530 ± {half:.3f}" in table and "| certified | sandwich |" in table and "—" in table
+    assert table.rstrip().endswith("paired verdicts: none, some confirm runs have no per-example records of "
+                                   f"{AA} (recorded before records existed, or not measured)")
     assert (out / "front.png").stat().st_size > 0 and (out / "cost.png").stat().st_size > 0
 
 

@@ -71,6 +71,9 @@ def test_trials_end_with_autoattack_and_radii_and_the_front_uses_them(tiny_fashi
     for name in ("final_autoattack_l2_eps1_square_broken", "final_autoattack_l2_eps1_fab_t_broken",
                  "final_min_norm_l2_median"):
         assert name in logged
+    records = pd.read_parquet(client.download_artifacts(trial, "eval/examples.parquet", str(tmp_path / "after")))
+    assert len(records) == EXAMPLES and records["index"].is_unique, "the 20 re-judged examples join the records"
+    assert records["final_autoattack_l2_eps1_acc"].notna().all() and records["pgd_l2_eps1_acc"].notna().all()
 
 
 @pytest.mark.parametrize(("final_eval", "message"), [
