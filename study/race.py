@@ -140,6 +140,9 @@ class Race:
                                  self.spec.max_examples or self.examples(), self.costs(runs),
                                  int(runs["config_id"].isin(racing).sum()),
                                  None if budget.trials is None else budget.trials - trials_used)
+            if budget.seconds is not None:  # a round must fit what is left (its actions share the trials' slots)
+                left = budget.seconds - elapsed
+                actions = [a for a in actions if a.seconds / self.study.spec.search.max_concurrent <= left]
             ends = "" if actions else "no action narrows the open intervals within max_seeds, max_examples, budget"
         print(f"race: after round {number - 1}: {settled} of {len(verdicts.table)} places settled "
               f"({verdicts.examples} examples, {elapsed:.0f} s)" + (f"; the race ends: {ends}" if ends else ""),

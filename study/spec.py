@@ -197,7 +197,8 @@ class TrackingConfig:
 @dataclass
 class RaceBudget:
     """What a racing confirm stage may spend after its first round: new seed trials, and
-    seconds of wall time (a round that starts within the budget finishes). None: no limit."""
+    seconds of wall time (an action is planned only where its expected seconds, shared by the
+    study's concurrent slots, fit what is left). None: no limit."""
 
     trials: int | None = None
     seconds: float | None = None
