@@ -27,6 +27,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def fixed_decisions(runs: dict[int, list[dict]], examples: int) -> dict[tuple[in
             for o in OBJECTIVES:
                 xa = np.array([r["_full"][o][:examples].mean() for r in runs[a]])
                 xb = np.array([r["_full"][o][:examples].mean() for r in runs[b]])
-                test = stats.ttest_ind(xa, xb, equal_var=False)
+                with warnings.catch_warnings():  # seeds that agree exactly: scipy warns, the interval is 0
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    test = stats.ttest_ind(xa, xb, equal_var=False)
                 low, high = test.confidence_interval(CONFIDENCE)
                 decisions[(a, b, o)] = "better" if low > 0 else "worse" if high < 0 else "unresolved"
     return decisions
