@@ -20,18 +20,17 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
 import torch
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from analysis.records import PARENT_TAG
+from analysis.verdicts import run_records
 from study.spec import StudySpec, load_spec
 from study.storage import SPEC_FILE
+from study.tracking import log_latest
 from trainables.core.data import load_data
 from trainables.core.evaluation import (
     AttackEval,
@@ -48,7 +47,7 @@ from trainables.core.registry import ConfigError
 from trainables.core.schema import load_yaml, parse
 from trainables.core.settings import resolve_device
 from trainables.records import write_tables
-from trainables.trial import EVAL_TABLES, MODEL_FILE, RECORDS_FILE
+from trainables.trial import EVAL_TABLES, MODEL_FILE
 
 L2_EPS = [0.1, 0.5, 1.0, 1.5]
 LINF_EPS = [1 / 255, 2 / 255, 5 / 255, 8 / 255]
@@ -127,14 +126,6 @@ def from_checkpoint(checkpoint: Path, spec_path: Path) -> tuple[StudySpec, dict]
     return load_spec(spec_path), state.get("model", state)
 
 
-def logged_records(client: MlflowClient, run_id: str, folder: str) -> pd.DataFrame | None:
-    """The run's per-example records as logged so far (None where it has none): a new
-    evaluation's join them rather than replace them."""
-    if not any(a.path == f"{EVAL_TABLES}/{RECORDS_FILE}" for a in client.list_artifacts(run_id, EVAL_TABLES)):
-        return None
-    return pd.read_parquet(client.download_artifacts(run_id, f"{EVAL_TABLES}/{RECORDS_FILE}", folder))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.evaluate", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -178,13 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {warning}")
     if args.run_id:
         with tempfile.TemporaryDirectory() as folder:
-            write_tables(result.final_tables(), Path(folder) / EVAL_TABLES, logged_records(client, args.run_id, folder))
+            # joined into the records logged so far, not replacing them
+            write_tables(result.final_tables(), Path(folder) / EVAL_TABLES, run_records(client, args.run_id, folder))
             client.log_artifacts(args.run_id, str(Path(folder) / EVAL_TABLES), EVAL_TABLES)
-        now = int(time.time() * 1000)
-        # at the run's last epoch, so these are its latest values even where the study's own
-        # final evaluation logged metrics of the same name
-        epoch = max((m.step for m in client.get_metric_history(args.run_id, "train_loss")), default=0)
-        client.log_batch(args.run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
+        log_latest(client, args.run_id, metrics)
         print(f"logged to run {args.run_id}")
     return 0
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 import ray
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -29,6 +28,7 @@ from analysis.racing import MORE_EXAMPLES, MORE_SEEDS, Action, Costs, plan_round
 from analysis.records import CONFIRM, trial_runs
 from analysis.verdicts import confirm_records, judge, record_columns, run_records
 from study.stages import ConfirmStage, RaceRound, StageInputs, StudyContext, run_stage
+from study.tracking import log_latest
 from trainables.core.evaluation import EXAMPLES, FINAL_EXAMPLES
 from trainables.records import merge_records, records_frame
 from trainables.trainable import evaluate_checkpoint
@@ -84,8 +84,8 @@ class Race:
 
     @property
     def racing(self) -> bool:
-        limit = self.spec.max_examples or self.judged.examples
-        return self.spec.seed_limit > len(self.spec.seeds) or (limit or 0) > (self.judged.examples or 0)
+        more_examples = (self.spec.max_examples or 0) > (self.judged.examples or 0)
+        return self.spec.seed_limit > len(self.spec.seeds) or more_examples
 
     def examples(self) -> int:
         """The examples every racing run has now (at first the judging evaluation's: all of its
@@ -112,10 +112,10 @@ class Race:
             self.log_actions()
 
     def racing_runs(self) -> pd.DataFrame:
-        """The confirm stage's finished full-budget runs: run_id, trial_id, config_id, seed."""
+        """The confirm stage's finished full-budget runs (a row each, with their metrics)."""
         runs = trial_runs(self.study.client, self.study.record.parent_run_id)
         done = runs[(runs["stage"] == CONFIRM) & (runs["status"] == "FINISHED") & (runs["budget"] == "full")]
-        return done[["run_id", "trial_id", "config_id", "seed"]].reset_index(drop=True)
+        return done.reset_index(drop=True)
 
     def next_round(self, started: float) -> RoundPlan | None:
         """Judge the runs; plan and save the next round, or say why the race ends (None)."""
@@ -160,12 +160,10 @@ class Race:
     def costs(self, runs: pd.DataFrame) -> Costs:
         """Seconds per new seed (the confirm runs' mean compute time) and per example evaluated
         (measured in earlier blocks, else the runs' last evaluation time over its examples)."""
-        trials = trial_runs(self.study.client, self.study.record.parent_run_id)
-        measured = trials[trials["run_id"].isin(runs["run_id"])]
-        per_trial = float(measured.get("metrics.compute_time_s", pd.Series([1.0])).mean())
+        per_trial = float(runs.get("metrics.compute_time_s", pd.Series([1.0])).mean())
         per_example = self.state.seconds_per_example
         if per_example is None:
-            per_example = float(measured.get("metrics.eval_time_s", pd.Series([1.0])).mean()) / self.examples()
+            per_example = float(runs.get("metrics.eval_time_s", pd.Series([1.0])).mean()) / self.examples()
         return Costs(per_trial, per_example)
 
     def run_round(self, plan: RoundPlan) -> int:
@@ -215,7 +213,7 @@ class Race:
         """Every confirm trial's config and last checkpoint, by trial id, over the confirm stage's
         Tune experiments (its first round and the race's rounds)."""
         storage, run_name = self.study.storage, self.study.record.run_name
-        folders = [self.confirm.folder] + [f"{run_name}{ConfirmStage.SUFFIX}-r{r.number}" for r in self.state.rounds]
+        folders = [self.confirm.folder] + [RaceRound.folder_of(run_name, r.number) for r in self.state.rounds]
         found = {}
         for folder in folders:
             uri = storage.study_uri(folder)
@@ -251,10 +249,7 @@ class Race:
                    and (self.final or not c.startswith("final_"))]
         values = {c: float(records[c].dropna().astype(float).mean()) for c in columns}
         values[f"{prefix}robust_acc"] = values[self.columns["robust"]]
-        client = self.study.client
-        epoch = max((m.step for m in client.get_metric_history(run_id, "train_loss")), default=0)
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
+        log_latest(self.study.client, run_id, values)
 
     def log_actions(self) -> None:
         """Every action so far with its round and reason, as analysis/race.csv on the study run."""

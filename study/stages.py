@@ -270,9 +270,14 @@ class RaceRound(PointsStage):
         self.race_round = number
         self._points = points
 
+    @staticmethod
+    def folder_of(run_name: str, number: int) -> str:
+        """The Tune experiment of a study's race round `number`."""
+        return f"{run_name}{ConfirmStage.SUFFIX}-r{number}"
+
     @property
     def folder(self) -> str:
-        return f"{self.study.record.run_name}{ConfirmStage.SUFFIX}-r{self.race_round}"
+        return self.folder_of(self.study.record.run_name, self.race_round)
 
     @property
     def points(self) -> list[TrialConfig]:

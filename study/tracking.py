@@ -106,6 +106,14 @@ def trial_params(trial: Trial, config: TrialConfig) -> dict[str, Any]:
     return {**config.params(), "resources": resources}
 
 
+def log_latest(client: MlflowClient, run_id: str, metrics: dict[str, float]) -> None:
+    """Log `metrics` to a trial run at its last epoch, so they are its latest values even where
+    its own final evaluation logged metrics of the same name (a later evaluation, a race's block)."""
+    epoch = max((m.step for m in client.get_metric_history(run_id, "train_loss")), default=0)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
+
+
 def ui_links(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """Where a study's numbers are in MLflow's UI: the experiment's runs view (a server's own
     address, or a local `mlflow ui`'s) and the study run."""
