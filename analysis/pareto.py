@@ -137,10 +137,11 @@ def plus_minus(mean: float, half: float) -> str:
     return f"{mean:.3f} ± {half:.3f}" if not math.isnan(half) else f"{mean:.3f} (1 seed)"
 
 
-def confirmed_table(front: pd.DataFrame, verdicts: Verdicts | None = None) -> pd.DataFrame:
+def confirmed_table(front: pd.DataFrame) -> pd.DataFrame:
     """The confirmed front as printed: `mean ± half-width` of the 95% Student-t interval over
-    seeds, or with `verdicts` of the interval over seeds and examples, and whether each place is
-    settled."""
+    seeds, or where the configurations were judged on per-example records (`settled` and the
+    interval's ends among their columns, analyse) of the interval over seeds and examples, and
+    whether each place is settled."""
     table = pd.DataFrame({
         "method": front["method"],
         "hyperparameters": front["hyperparameters"],
@@ -149,13 +150,12 @@ def confirmed_table(front: pd.DataFrame, verdicts: Verdicts | None = None) -> pd
         "robust_acc": [plus_minus(m, h) for m, h in zip(front["robust"], front["robust_half"], strict=True)],
         "config_id": front["config_id"],
     }).reset_index(drop=True)
-    if verdicts is None:
+    if "settled" not in front:
         return table
-    paired = verdicts.table.set_index("config_id").loc[table["config_id"]]
     for objective in ("clean", "robust"):
-        halves = (paired[f"{objective}_high"] - paired[f"{objective}_low"]) / 2
-        table[f"{objective}_acc"] = [plus_minus(m, h) for m, h in zip(paired[objective], halves, strict=True)]
-    table.insert(5, "settled", ["yes" if done else "no" for done in paired["settled"]])
+        halves = (front[f"{objective}_high"] - front[f"{objective}_low"]) / 2
+        table[f"{objective}_acc"] = [plus_minus(m, h) for m, h in zip(front[objective], halves, strict=True)]
+    table.insert(5, "settled", ["yes" if done else "no" for done in front["settled"]])
     return table
 
 
@@ -298,14 +298,12 @@ def analyse(client: MlflowClient, parent_run_id: str) -> StudyAnalysis:
     search = trials[trials["stage"] == SEARCH]
     front = pareto_front(search)
     configs = confirmed_configs(trials)
-    confirmed = confirmed_front(configs)
     tags = client.get_run(parent_run_id).data.tags
     robust_metric = tags.get(FINAL_ROBUST_METRIC_TAG) or tags.get(ROBUST_METRIC_TAG, "robust_acc")
     confirm_robust_metric = tags.get(CONFIRM_ROBUST_METRIC_TAG, robust_metric)
     hypervolumes = {"search_hypervolume": hypervolume(front[[CLEAN, ROBUST]].to_numpy())}
     verdicts = None
     if not configs.empty:
-        hypervolumes["confirmed_hypervolume"] = hypervolume(confirmed[["clean", "robust"]].to_numpy())
         runs = completed(trials[trials["stage"] == CONFIRM])
         final = bool(column(runs, FINAL_ROBUST).notna().all())
         names = {row.config_id: f"{row.method} ({row.hyperparameters})" if row.hyperparameters else row.method
@@ -316,6 +314,9 @@ def analyse(client: MlflowClient, parent_run_id: str) -> StudyAnalysis:
             paired = verdicts.table.set_index("config_id")
             for name in ("clean_low", "clean_high", "robust_low", "robust_high", "settled"):
                 configs[name] = configs["config_id"].map(paired[name])
+    confirmed = confirmed_front(configs)
+    if not configs.empty:
+        hypervolumes["confirmed_hypervolume"] = hypervolume(confirmed[["clean", "robust"]].to_numpy())
     return StudyAnalysis(trials, search, front, configs, confirmed, robust_metric, confirm_robust_metric,
                          hypervolumes, verdicts)
 
@@ -389,7 +390,7 @@ def print_confirmed(study: StudyAnalysis) -> None:
     without them (a study recorded before records existed), Student-t intervals over seeds."""
     verdicts = study.verdicts
     print(f"\n{confirmed_heading(study)}:")
-    print(confirmed_table(study.confirmed, verdicts).to_string(index=False))
+    print(confirmed_table(study.confirmed).to_string(index=False))
     if verdicts is None:
         print("(no per-example records in these runs, recorded before they existed: intervals over seeds only, "
               "no paired verdicts)")

@@ -83,8 +83,7 @@ def note(spec_name: str, run_name: str, study: StudyAnalysis) -> str:
              f"{len(study.search)} search trials.",
              "", "Pareto front:", "", markdown_table(front) if not front.empty else "(no trial ran the full budget)"]
     if not study.configs.empty:
-        table = confirmed_table(study.confirmed, study.verdicts)
-        parts += ["", f"{confirmed_heading(study)}:", "", markdown_table(table)]
+        parts += ["", f"{confirmed_heading(study)}:", "", markdown_table(confirmed_table(study.confirmed))]
         if study.verdicts is not None and study.verdicts.lines:
             parts += ["", f"{verdicts_heading(study.verdicts)}:", "", *[f"- {line}" for line in study.verdicts.lines]]
     parts += ["", "Artifacts: `analysis/report.html` (everything on one page), `analysis/front.csv` / `.png`, "
@@ -139,8 +138,7 @@ def write_report(client: MlflowClient, parent_run_id: str, out: Path) -> StudyAn
         ("Pareto front", front_table(study.front).to_html(index=False, na_rep="")),
     ]
     if not study.configs.empty:
-        table = confirmed_table(study.confirmed, study.verdicts)
-        sections.append((confirmed_heading(study), table.to_html(index=False)))
+        sections.append((confirmed_heading(study), confirmed_table(study.confirmed).to_html(index=False)))
         if study.verdicts is not None and study.verdicts.lines:
             items = "".join(f"<li>{html.escape(line)}</li>" for line in study.verdicts.lines)
             sections.append((verdicts_heading(study.verdicts), f"<ul>{items}</ul>"))

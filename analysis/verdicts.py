@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from analysis.paired import DRAWS, Comparison, Estimate, Evidence
+from analysis.paired import DRAWS, Comparison, Evidence
 
 RECORDS_ARTIFACT = "eval/examples.parquet"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's records: noise
@@ -42,7 +42,6 @@ class Verdicts:
     delta: float
     examples: int  # the fewest examples a configuration is judged on
     correction: str = "Holm over the tests that place the configurations"
-    estimates: dict[str, dict[str, Estimate]] = field(default_factory=dict)
     evidence: dict[tuple[str, str], dict[str, Evidence]] = field(default_factory=dict)  # per pair and objective
 
 
@@ -164,7 +163,7 @@ def judge(records: dict[str, list[pd.DataFrame]], columns: dict[str, str], descr
              + ", ".join(comparisons[(a, b)][o].describe(o) for o in ("robust", "clean"))
              for a, b in shown_pairs(names, on_front, means)]
     return Verdicts(table, comparisons, lines, confidence, delta, int(table["examples"].min()),
-                    estimates=estimates, evidence=pairs)
+                    evidence=pairs)
 
 
 def paired_verdicts(client: MlflowClient, confirm_runs: pd.DataFrame, final: bool, robust_metric: str,
