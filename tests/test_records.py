@@ -27,6 +27,8 @@ from trainables.core.evaluation import (
 from trainables.core.evaluation.config import evaluation_order
 from trainables.core.methods import build_method
 from trainables.core.models import ModelConfig, build_model
+from trainables.core.registry import ConfigError
+from trainables.core.schema import parse
 from trainables.core.train import fit
 from trainables.records import merge_records, records_frame, write_tables
 from trainables.trial import RECORDS_FILE
@@ -129,3 +131,9 @@ def test_a_later_evaluation_joins_the_records_and_drops_none() -> None:
     assert list(extended["clean_acc"]) == [True, False, True, True, True], "a new block keeps the old rows' values"
     assert list(merged["final_autoattack_l2_eps1_acc"]) == [False, False, True, True], "the new evaluation's column"
     assert list(merged["clean_acc"].astype(object).fillna("na")) == [True, False, True, "na"]
+
+
+def test_a_sample_seed_outside_the_seed_range_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^eval.sample_seed: must be in 0 .. 2\^32 - 1, got -1$"):
+        parse(EvalConfig, {"sample_seed": -1}, "eval")
+    assert parse(EvalConfig, {"sample_seed": 7}, "eval").sample_seed == 7
