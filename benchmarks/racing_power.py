@@ -121,20 +121,13 @@ def race_decisions(world: World, configs: int, examples: int, budget: float, tri
     columns = {o: o for o in OBJECTIVES}
     while True:
         verdicts = judge(records_of(runs, reach), columns, {}, CONFIDENCE, DELTA, DRAWS)
-        if verdicts.table["settled"].all():
+        actions = plan_round(verdicts, max_seeds, max_examples, Costs(trial_s, example_s), seconds_left=budget - spent)
+        if not actions:
             break
-        racing = verdicts.table.loc[~(verdicts.table["settled"] & ~verdicts.table["on_front"]), "config_id"]
-        racing_runs = sum(len(runs[int(c)]) for c in racing)
-        actions = plan_round(verdicts, {str(c): len(s) for c, s in runs.items()}, min(reach.values()), max_seeds,
-                             max_examples, Costs(trial_s, example_s), racing_runs)
-        cost = sum(a.seconds for a in actions)
-        if not actions or spent + cost > budget:
-            break
-        spent += cost
+        spent += sum(a.seconds for a in actions)
         for action in actions:
             if action.kind == MORE_EXAMPLES:
-                for c in racing:
-                    reach[int(c)] = action.value
+                reach.update({int(c): action.value for c in action.target.split(",")})
             elif action.kind == MORE_SEEDS:
                 runs[int(action.target)].append(world.seed(int(action.target), reach[int(action.target)]))
     decisions = {(int(a), int(b), o): c[o].verdict for (a, b), c in verdicts.comparisons.items()
@@ -250,11 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     for objective, model in models.items():
         print(f"  {objective}: effects {[round(e, 2) for e in model.effects]}, seed sd {model.seed_sd:.3f}, "
               f"example sd {model.difficulty_sd:.2f}, own example sd {model.own_sd:.2f} (logits)")
-    rng = np.random.default_rng(0)
     budget = 3 * args.configs * args.trial_seconds
     totals = {"today": {"correct": 0, "wrong": 0, "unresolved": 0}, "race": {"correct": 0, "wrong": 0, "unresolved": 0}}
     spent, started = [], time.perf_counter()
-    for _ in range(args.studies):
+    for number in range(args.studies):  # each study its own streams: both stages see the same configurations
+        rng = np.random.default_rng([0, number])
         chosen = {o: tuple(rng.choice(m.effects, args.configs) + rng.normal(0, 0.05, args.configs))
                   for o, m in models.items()}
         study = {o: ObjectiveModel(chosen[o], m.seed_sd, m.difficulty_sd, m.own_sd) for o, m in models.items()}
@@ -263,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         fixed = {c: [world.seed(c, args.examples) for _ in range(3)] for c in range(args.configs)}
         for key, value in score(fixed_decisions(fixed, args.examples), truths).items():
             totals["today"][key] += value
-        decisions, cost = race_decisions(World(study, rng, args.max_examples), args.configs, args.examples, budget,
+        decisions, cost = race_decisions(World(study, np.random.default_rng([1, number]), args.max_examples), args.configs, args.examples, budget,
                                          args.trial_seconds, args.example_seconds, args.max_examples, args.max_seeds)
         spent.append(cost / budget)
         for key, value in score(decisions, truths).items():

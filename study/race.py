@@ -39,13 +39,14 @@ RACE_FILE = "race.json"
 
 @dataclass
 class RoundPlan:
-    """One round: its number, the examples every racing run has after it, its actions, the
-    configurations racing in it, whether it finished, and its wall seconds."""
+    """One round: its number, the examples its racing runs have after it, its actions, the
+    configurations in open pairs (their runs get the new examples), whether it finished, and its
+    wall seconds."""
 
     number: int
     examples: int
     actions: list[dict]
-    racing: list[str]  # the configurations still in the race (their runs get the new examples)
+    racing: list[str]
     done: bool = False
     seconds: float = 0.0
 
@@ -88,10 +89,10 @@ class Race:
         return self.spec.seed_limit > len(self.spec.seeds) or more_examples
 
     def examples(self) -> int:
-        """The examples every racing run has now (at first the judging evaluation's: all of its
+        """The most examples a racing run has now (at first the judging evaluation's: all of its
         split where it sets none)."""
         done = [r.examples for r in self.state.rounds if r.done]
-        return done[-1] if done else self.judged.examples or len(self.inputs.data.split(self.judged.split)[1])
+        return max(done) if done else self.judged.examples or len(self.inputs.data.split(self.judged.split)[1])
 
     def run(self) -> int:
         """Race to a settled front or the end of the budget; returns unfinished trials (a round
@@ -134,23 +135,19 @@ class Race:
                 else "the seconds of the budget are spent" if budget.seconds is not None and elapsed >= budget.seconds
                 else "")
         if not ends:
-            seeds = runs.groupby("config_id").size().to_dict()
-            racing = verdicts.table.loc[~(verdicts.table["settled"] & ~verdicts.table["on_front"]), "config_id"]
-            actions = plan_round(verdicts, seeds, self.examples(), self.spec.seed_limit,
-                                 self.spec.max_examples or self.examples(), self.costs(runs),
-                                 int(runs["config_id"].isin(racing).sum()),
-                                 None if budget.trials is None else budget.trials - trials_used)
-            if budget.seconds is not None:  # a round must fit what is left (its actions share the trials' slots)
-                left = budget.seconds - elapsed
-                actions = [a for a in actions if a.seconds / self.study.spec.search.max_concurrent <= left]
+            left = None if budget.seconds is None else budget.seconds - elapsed
+            actions = plan_round(verdicts, self.spec.seed_limit, self.spec.max_examples or self.examples(),
+                                 self.costs(runs), None if budget.trials is None else budget.trials - trials_used,
+                                 left, self.study.spec.search.max_concurrent)
             ends = "" if actions else "no action narrows the open intervals within max_seeds, max_examples, budget"
         print(f"race: after round {number - 1}: {settled} of {len(verdicts.table)} places settled "
               f"({verdicts.examples} examples, {elapsed:.0f} s)" + (f"; the race ends: {ends}" if ends else ""),
               flush=True)
         if ends:
             return None
-        more = max([a.value for a in actions if a.kind == MORE_EXAMPLES], default=self.examples())
-        plan = RoundPlan(number, more, [asdict(a) for a in actions], list(racing))
+        block = next((a for a in actions if a.kind == MORE_EXAMPLES), None)
+        plan = RoundPlan(number, block.value if block else self.examples(), [asdict(a) for a in actions],
+                         block.target.split(",") if block else [])
         for action in actions:
             print(f"race: round {number}: {describe(action)}: {action.reason}", flush=True)
         self.state.rounds.append(plan)
@@ -170,9 +167,7 @@ class Race:
         """A round's actions: its new seeds as a Tune experiment and, beside them, Ray tasks that
         evaluate the earlier runs on the new block of examples; returns unfinished trials."""
         actions = [Action(**a) for a in plan.actions]
-        before = max((r.examples for r in self.state.rounds if r.done and r.number < plan.number),
-                     default=self.judged.examples or plan.examples)
-        pending = self.submit_block(before, plan.examples, plan.racing) if plan.examples > before else []
+        pending = self.submit_block(plan.examples, plan.racing)
         points = [self.new_seed(a) for a in actions if a.kind == MORE_SEEDS]
         unfinished = 0
         if points:
@@ -189,8 +184,9 @@ class Race:
         seeds = self.spec.seeds
         return self.configs[action.target].with_seed(max(seeds) + action.value - len(seeds), CONFIRM)
 
-    def submit_block(self, start: int, stop: int, racing: list[str]) -> list[tuple[str, ray.ObjectRef]]:
-        """Ray tasks evaluating each run of the racing configurations that lacks examples start .. stop."""
+    def submit_block(self, stop: int, racing: list[str]) -> list[tuple[str, ray.ObjectRef]]:
+        """Ray tasks evaluating each run of the racing configurations on its examples from where
+        its records stop (a prefix of the evaluation order) up to `stop`."""
         runs = self.racing_runs()
         runs = runs[runs["config_id"].isin(racing)]
         checkpoints = self.checkpoints()
@@ -202,7 +198,8 @@ class Race:
             for run in runs.itertuples():
                 frame = run_records_frame(self.study.client, run.run_id, folder)
                 column = self.columns["robust"]
-                if frame is not None and column in frame and int(frame[column].notna().sum()) >= stop:
+                start = int(frame[column].notna().sum()) if frame is not None and column in frame else 0
+                if start >= stop:
                     continue
                 config, checkpoint = checkpoints[run.trial_id]
                 pending.append((run.run_id, task.remote(config, self.inputs.settings, data, CONFIRM, checkpoint,
@@ -268,5 +265,5 @@ def run_records_frame(client: MlflowClient, run_id: str, folder: str) -> pd.Data
 def describe(action: Action) -> str:
     """An action as the round's line shows it."""
     if action.kind == MORE_EXAMPLES:
-        return f"every racing run on {action.value} examples (~{action.seconds:.0f} s)"
+        return f"the runs of {action.target} on {action.value} examples (~{action.seconds:.0f} s)"
     return f"seed {action.value} of {action.target} (~{action.seconds:.0f} s)"

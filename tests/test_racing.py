@@ -35,10 +35,8 @@ def records(rng: np.random.Generator, rates: dict[str, tuple[float, float]], see
 
 def plan(found: dict[str, list[pd.DataFrame]], examples: int, **limits: object) -> list:
     verdicts = judge(found, COLUMNS, {}, draws=500)
-    seeds = {name: len(runs) for name, runs in found.items()}
-    options = {"max_seeds": 6, "max_examples": 4 * examples, "costs": COSTS,
-               "racing_runs": sum(seeds.values())} | limits
-    return plan_round(verdicts, seeds, examples, **options)
+    options = {"max_seeds": 6, "max_examples": 4 * examples, "costs": COSTS} | limits
+    return plan_round(verdicts, **options)
 
 
 def test_close_configurations_with_quiet_seeds_get_more_examples() -> None:
@@ -64,3 +62,22 @@ def test_a_settled_front_plans_nothing() -> None:
     verdicts = judge(found, COLUMNS, {}, draws=500)
     assert verdicts.table["settled"].all()
     assert open_pairs(verdicts) == [] and plan(found, 2000) == []
+
+
+def test_only_configurations_in_open_pairs_get_examples() -> None:
+    found = records(np.random.default_rng(0), {"a": (0.80, 0.50), "b": (0.78, 0.52), "d": (0.99, 0.05)}, seeds=3,
+                    examples=200, seed_sd=0.0)
+    verdicts = judge(found, COLUMNS, {}, draws=500)
+    assert verdicts.table.set_index("config_id").loc["d", "settled"]
+    block = plan(found, 200)[0]
+    assert block.kind == MORE_EXAMPLES and block.target == "a,b"
+    assert block.seconds == (400 - 200) * 6 * COSTS.seconds_per_example, "6 runs of a and b, 200 more examples"
+
+
+def test_a_round_fits_the_seconds_left() -> None:
+    found = records(np.random.default_rng(0), {"a": (0.80, 0.50), "b": (0.78, 0.52)}, seeds=3, examples=200,
+                    seed_sd=0.0)
+    block = plan(found, 200, seconds_left=3.0, slots=2)[0]
+    assert block.kind == MORE_EXAMPLES and block.value == 300, "6 s of slot time buy 100 more examples on 6 runs"
+    assert block.seconds <= 6.0
+    assert plan(found, 200, seconds_left=0.5) == [], "a block under a quarter more is not worth a round"
