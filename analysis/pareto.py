@@ -58,12 +58,14 @@ def column(frame: pd.DataFrame, name: str, default: object = float("nan")) -> pd
 
 def with_axes(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials with the front's axes: the final evaluation's clean and robust accuracy where a
-    trial has them, else the per-epoch ones."""
+    trial has them, else the per-epoch ones; none (nan) where its final evaluation was skipped,
+    failed or is still owed (study.final_eval), so a front never mixes the two."""
     trials = trials.copy()
     final = column(trials, FINAL_ROBUST)
     has_final = final.notna()
+    owed = ~has_final & (column(trials, "final_eval", "").fillna("") != "")
     trials[CLEAN] = column(trials, "metrics.final_clean_acc").where(has_final, trials["metrics.clean_acc"])
-    trials[ROBUST] = final.where(has_final, trials[SEARCH_ROBUST])
+    trials[ROBUST] = final.where(has_final, trials[SEARCH_ROBUST]).mask(owed)
     return trials
 
 

@@ -26,6 +26,8 @@ CONFIG_TAG = "robust_study.config_id"  # one configuration: its search trial and
 SEED_TAG = "robust_study.seed"  # the run's train.seed
 CONFIRM_ROBUST_METRIC_TAG = "robust_study.confirm_robust_metric"  # the confirmed front's robust axis
 ROUND_TAG = "robust_study.round"  # a racing confirm stage's round that trained the run (none: the first)
+FINAL_EVAL_TAG = "robust_study.final_eval"  # a search run's strong evaluation: done, skipped: why, failed: why
+FINAL_EVAL_DONE, FINAL_EVAL_SKIPPED = "done", "skipped"
 SEARCHED_TAG = "robust_study.searched"  # the hyperparameters the search varied, "," between
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what newer MLflow UIs pick the experiment's view by
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI (markdown)
@@ -70,7 +72,7 @@ def open_study(args: argparse.Namespace) -> tuple[MlflowClient, str]:
 
 
 TRIAL_COLUMNS = ["run_id", "trial_id", "stage", "config_id", "seed", "status", "method", "budget", "eval_warning",
-                 "searched", "start_time", "end_time", "metrics.clean_acc", "metrics.robust_acc"]
+                 "final_eval", "searched", "start_time", "end_time", "metrics.clean_acc", "metrics.robust_acc"]
 
 
 def stage_of(run: Run) -> str:
@@ -106,6 +108,7 @@ def trial_runs(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
             "method": tags.get(METHOD_TAG, ""),
             "budget": tags.get(BUDGET_TAG, ""),
             "eval_warning": tags.get(EVAL_WARNING_TAG, ""),
+            "final_eval": tags.get(FINAL_EVAL_TAG, ""),
             "searched": tags.get(SEARCHED_TAG),
             "start_time": run.info.start_time,
             "end_time": run.info.end_time,

@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         fixed = {c: [world.seed(c, args.examples) for _ in range(3)] for c in range(args.configs)}
         for key, value in score(fixed_decisions(fixed, args.examples), truths).items():
             totals["today"][key] += value
-        decisions, cost = race_decisions(World(study, np.random.default_rng([1, number]), args.max_examples), args.configs, args.examples, budget,
-                                         args.trial_seconds, args.example_seconds, args.max_examples, args.max_seeds)
+        world = World(study, np.random.default_rng([1, number]), args.max_examples)
+        decisions, cost = race_decisions(world, args.configs, args.examples, budget, args.trial_seconds,
+                                         args.example_seconds, args.max_examples, args.max_seeds)
         spent.append(cost / budget)
         for key, value in score(decisions, truths).items():
             totals["race"][key] += value

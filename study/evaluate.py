@@ -12,7 +12,9 @@ minimum-norm attacks at every norm and eps the study's spec evaluates (and the c
 for a Lipschitz-bounded model), with a progress bar. `--eval EVAL.yaml` takes any evaluation
 instead, written as a spec's `eval:` section. With --run-id the model is the run's final weights
 and the settings its study's spec; the results are logged to that run as `final_*` metrics
-and its per-example tables as artifacts under `eval/`.
+and its per-example tables as artifacts under `eval/`. `--eval final` runs the study's own
+`final_eval` as the study would have (the examples its search attack broke count as broken): for
+a trial whose strong evaluation the study skipped as dominated.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
 
-from analysis.records import PARENT_TAG
+from analysis.records import FINAL_EVAL_DONE, FINAL_EVAL_TAG, PARENT_TAG
 from analysis.verdicts import run_records
 from study.spec import StudySpec, load_spec
 from study.storage import SPEC_FILE
@@ -45,8 +48,8 @@ from trainables.core.evaluation import (
 from trainables.core.models import build_model
 from trainables.core.registry import ConfigError
 from trainables.core.schema import load_yaml, parse
-from trainables.core.settings import resolve_device
-from trainables.records import write_tables
+from trainables.core.settings import resolve_device, same_examples
+from trainables.records import known_radii, write_tables
 from trainables.trial import EVAL_TABLES, MODEL_FILE
 
 L2_EPS = [0.1, 0.5, 1.0, 1.5]
@@ -97,12 +100,18 @@ def load_evaluation(path: Path, examples: int | None, sample_seed: int = 0) -> E
     return config
 
 
-def evaluate_weights(spec: StudySpec, weights: dict, config: EvalConfig) -> EvalResult:
+def evaluate_weights(spec: StudySpec, weights: dict, config: EvalConfig,
+                     records: pd.DataFrame | None = None) -> EvalResult:
+    """`config` on the weights; where the run's `records` hold the study's search evaluation on
+    the same examples, the examples it broke count as broken (as in the study's own final one)."""
     device = resolve_device(spec.train.device)
     data = load_data(spec.data).to(device)
     model = build_model(spec.model, data.info).to(device)
     model.load_state_dict(weights)
-    return run_evaluation(model, data, config, progress=True)
+    known = None
+    if records is not None and same_examples(spec.eval, config):
+        known = known_radii(records, spec.eval, len(data.split(config.split)[1]))
+    return run_evaluation(model, data, config, progress=True, known=known)
 
 
 def from_run(client: MlflowClient, run_id: str, folder: Path) -> tuple[StudySpec, dict]:
@@ -134,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="with --run-id: the study's MLflow tracking URI")
     parser.add_argument("--spec", type=Path, help="with --checkpoint: the study's spec.yaml")
     parser.add_argument("--eval", dest="eval_file",
-                        help="`strong` (AutoAttack standard + min_norm at the spec's radii) or the YAML of an "
-                             "`eval:` section, instead of the reference evaluation")
+                        help="`strong` (AutoAttack standard + min_norm at the spec's radii), `final` (the "
+                             "study's final_eval) or the YAML of an `eval:` section, instead of the reference "
+                             "evaluation")
     parser.add_argument("--examples", type=int, help="first N test examples (default: all)")
     parser.add_argument("--steps", type=int, default=100, help="PGD steps (default 100, as the reference)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -153,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             spec, weights = from_checkpoint(args.checkpoint, args.spec)
         if args.eval_file == "strong":
             config = strong_evaluation(spec, args.examples, args.batch_size)
+        elif args.eval_file == "final":
+            if spec.final_eval is None:
+                raise ConfigError("--eval: final: the study's spec has no final_eval; allowed: strong, a YAML file")
+            config = spec.final_eval if args.examples is None else replace(spec.final_eval, examples=args.examples)
         elif args.eval_file:
             config = load_evaluation(Path(args.eval_file), args.examples, spec.eval.sample_seed)
         else:
@@ -161,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = evaluate_weights(spec, weights, config)
+    records = None
+    if args.run_id:
+        with tempfile.TemporaryDirectory() as folder:
+            records = run_records(client, args.run_id, folder)
+    result = evaluate_weights(spec, weights, config, records if args.eval_file == "final" else None)
     metrics = {f"final_{name}": value for name, value in result.metrics.items()}
     for name, value in metrics.items():
         print(f"{name:40s} {value:.4f}")
@@ -173,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             write_tables(result.final_tables(), Path(folder) / EVAL_TABLES, run_records(client, args.run_id, folder))
             client.log_artifacts(args.run_id, str(Path(folder) / EVAL_TABLES), EVAL_TABLES)
         log_latest(client, args.run_id, metrics)
+        if args.eval_file == "final":
+            client.set_tag(args.run_id, FINAL_EVAL_TAG, FINAL_EVAL_DONE)
         print(f"logged to run {args.run_id}")
     return 0
 

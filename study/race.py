@@ -225,8 +225,8 @@ class Race:
             return
         client, seconds, examples = self.study.client, 0.0, 0
         for run_id, ref in pending:
-            tables, took = ray.get(ref)
-            new = records_frame(tables)
+            result, took = ray.get(ref)
+            new = records_frame(result.tables)
             with tempfile.TemporaryDirectory() as folder:
                 kept = run_records_frame(client, run_id, folder)
                 merged = merge_records(kept, new) if kept is not None else new
@@ -236,7 +236,7 @@ class Race:
                 client.log_artifact(run_id, str(path), EVAL_TABLES)
             self.log_means(run_id, merged)
             name = FINAL_EXAMPLES if self.final else EXAMPLES
-            seconds, examples = seconds + took, examples + len(tables[name]["index"])
+            seconds, examples = seconds + took, examples + len(result.tables[name]["index"])
         self.state.seconds_per_example = seconds / max(examples, 1)
 
     def log_means(self, run_id: str, records: pd.DataFrame) -> None:

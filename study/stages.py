@@ -12,7 +12,7 @@ To add a stage (the racing rounds after the confirmation, say): subclass `Stage`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import optuna
@@ -24,6 +24,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from analysis.pareto import select_for_confirmation, study_trials
 from analysis.records import CONFIRM, CONFIRM_ROBUST_METRIC_TAG, SEARCH
+from study.final_eval import ACTIVE, FinalEvaluationHook, FinalEvaluations
 from study.spec import StudySpec
 from study.storage import Storage, StudyRecord
 from study.tracking import TrialTracker
@@ -111,6 +112,13 @@ class Stage:
     def trainable(self) -> object:
         return make_trainable(self.settings, self.data, self.study.resources, self.name)
 
+    def callbacks(self) -> list[tune.Callback]:
+        """Tune callbacks besides the tracker (saved with the Tuner, so they come back on restore)."""
+        return []
+
+    def after(self, trials: list[Trial]) -> None:
+        """What the stage does once all its trials have ended (`trials` as Tune saved them)."""
+
     def build(self, tracker: TrialTracker) -> tune.Tuner:
         """A new Tuner for the stage."""
         spec = self.study.spec
@@ -122,7 +130,7 @@ class Stage:
                 num_samples=self.owed(),
                 reuse_actors=True,  # trials of a study share resources: skip a process start per trial
             ),
-            run_config=run_config(spec, self.study.storage.uri, self.folder, [tracker]),
+            run_config=run_config(spec, self.study.storage.uri, self.folder, [tracker, *self.callbacks()]),
         )
 
     def restore(self) -> tune.Tuner:
@@ -146,18 +154,39 @@ def run_stage(stage: Stage, fit: bool = True) -> StageOutcome:
         tuner.fit()
     saved = stage.saved_trials()  # statuses as saved, before Tune's cleanup
     unfinished = tracker.reconcile(saved) + stage.owed() - len(saved)
+    if not unfinished:
+        stage.after(saved)
     return StageOutcome(unfinished, sum(trial.status == Trial.ERROR for trial in saved))
 
 
 class SearchStage(Stage):
     """Optuna (multi-objective) picks `search.num_samples` configurations; ASHA stops the poor
-    ones on one metric. Optuna's study is kept in `optuna_db` where one is given."""
+    ones on one metric. Optuna's study is kept in `optuna_db` where one is given. The strong
+    evaluation (`final_eval`) runs beside the trials, not in them (study.final_eval)."""
 
     name = SEARCH
 
     def __init__(self, study: StudyContext, inputs: StageInputs, optuna_db: optuna.storages.BaseStorage | None) -> None:
         super().__init__(study, inputs)
         self.optuna_db = optuna_db
+        self.final = FinalEvaluations(study, inputs.settings, inputs.data) if inputs.settings.final_eval else None
+        if self.final is not None:
+            ACTIVE[self.folder] = self.final
+
+    def trainable(self) -> object:
+        return make_trainable(replace(self.settings, final_eval=None), self.data, self.study.resources, self.name)
+
+    def announce(self) -> bool:
+        if self.final is not None:
+            self.final.announce()
+        return True
+
+    def callbacks(self) -> list[tune.Callback]:
+        return [FinalEvaluationHook(self.folder)] if self.final is not None else []
+
+    def after(self, trials: list[Trial]) -> None:
+        if self.final is not None:
+            self.final.finish(trials)
 
     @staticmethod
     def settings_for(spec: StudySpec) -> RunSettings:

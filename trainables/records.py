@@ -4,12 +4,13 @@ other per-example table (minimum-norm radii, certificate checks) as a CSV file b
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from trainables.core.evaluation import EXAMPLES, FINAL_EXAMPLES
+from trainables.core.evaluation import EXAMPLES, FINAL_EXAMPLES, EvalConfig
 from trainables.trial import RECORDS_FILE
 
 KEYS = ["index", "label"]
@@ -71,3 +72,20 @@ def write_tables(tables: dict[str, dict[str, torch.Tensor]], folder: Path,
         in_split = index is not None and len(index) == len(frame)
         frame.insert(0, "example", index.numpy() if in_split else range(len(frame)))
         frame.to_csv(folder / f"{name}.csv", index=False)
+
+
+def known_radii(records: pd.DataFrame, judged: EvalConfig, split_size: int) -> dict[str, torch.Tensor]:
+    """Per norm, per example of the split, the smallest eps within which the evaluation `judged`
+    (its records' unprefixed columns) verified an adversarial example: an example correct clean
+    but not robust at a norm-ball metric was broken there (inf where none was found)."""
+    radii: dict[str, torch.Tensor] = {}
+    clean = records["clean_acc"].fillna(False).astype(bool)
+    for item in judged.items:
+        for metric, (norm, eps) in item.balls().items():
+            if metric not in records:
+                continue
+            broken = clean & ~records[metric].fillna(True).astype(bool)
+            radius = radii.setdefault(norm, torch.full((split_size,), math.inf, dtype=torch.float64))
+            where = torch.tensor(records.loc[broken, "index"].to_numpy(), dtype=torch.long)
+            radius[where] = radius[where].clamp(max=eps)
+    return radii

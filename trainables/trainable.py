@@ -20,7 +20,7 @@ import torch
 from ray import tune
 
 from trainables.core.data import DataBundle
-from trainables.core.evaluation import run_evaluation
+from trainables.core.evaluation import EvalResult, run_evaluation
 from trainables.core.figures import is_one_dimensional_fit, one_dimensional_fit
 from trainables.core.methods import build_method
 from trainables.core.models import build_model
@@ -77,11 +77,13 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle,
 
 
 def evaluate_checkpoint(config: dict[str, Any], settings: RunSettings, data: DataBundle, stage: str,
-                        checkpoint: tune.Checkpoint, start: int, stop: int) -> tuple[dict, float]:
+                        checkpoint: tune.Checkpoint, start: int, stop: int | None,
+                        known: dict[str, torch.Tensor] | None = None) -> tuple[EvalResult, float]:
     """A trained trial's judging evaluation (the final one where the settings have it, else the
-    epoch's) on examples `start` .. `stop` of the evaluation order, from its checkpoint's weights:
-    the evaluation's per-example tables (its records named as a final evaluation's where it is
-    one) and the seconds it took. For a racing confirm stage's rounds, as a Ray task."""
+    epoch's) on examples `start` .. `stop` of the evaluation order (None: the evaluation's own),
+    from its checkpoint's weights, with the examples `known` broken (`run_evaluation`) counted
+    as broken: the result (its records named as a final evaluation's where it is one) and its
+    seconds. As a Ray task: a racing confirm stage's blocks, the search's final evaluations."""
     trial = TrialConfig.from_tune(config, stage)
     settings = trial.apply(settings)
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
@@ -91,8 +93,11 @@ def evaluate_checkpoint(config: dict[str, Any], settings: RunSettings, data: Dat
     data = data.to(device)
     model = build_model(settings.model, data.info).to(device)
     model.load_state_dict(weights)
-    judged = replace(settings.final_eval or settings.eval, examples=stop, skip=start)
+    judged = settings.final_eval or settings.eval
+    judged = replace(judged, examples=judged.examples if stop is None else stop, skip=start)
     started = time.perf_counter()
-    result = run_evaluation(model, data, judged, seed=settings.train.seed)
+    result = run_evaluation(model, data, judged, seed=settings.train.seed, known=known)
     seconds = time.perf_counter() - started
-    return (result.final_tables() if settings.final_eval is not None else result.tables), seconds
+    if settings.final_eval is not None:
+        result = replace(result, tables=result.final_tables())
+    return result, seconds

@@ -61,6 +61,9 @@ class AttackEval(Item):
     def norm(self) -> str:
         return "linf" if self.attack in ("pgd_linf", "fgsm") else "l2"
 
+    def balls(self) -> dict[str, tuple[str, float]]:
+        return {metric_name(self.prefix, eps): (self.norm, eps) for eps in self.eps}
+
     def metric_names(self) -> list[str]:
         names = [metric_name(self.prefix, eps) for eps in self.eps]
         return names + [f"{self.prefix}_auc"] if len(self.eps) > 1 else names
@@ -78,7 +81,8 @@ class AttackEval(Item):
                    best_iterate=self.best_iterate)
 
     def correct(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Per eps, which examples are correct clean and not broken by a verified example."""
+        """Per eps, which examples are correct clean and not broken by a verified example (this
+        attack's or one known from an earlier evaluation)."""
         target = None
         if self.targeted:
             classes = batch.logits.shape[1]
@@ -89,7 +93,7 @@ class AttackEval(Item):
             with torch.enable_grad():
                 x_adv = self.run(batch.model, batch.x, batch.y, eps, target, batch.generator)
             broken = verified(batch.model, batch.x, x_adv, batch.y, self.norm, eps)
-            counts[metric_name(self.prefix, eps)] = batch.clean_ok & ~broken
+            counts[metric_name(self.prefix, eps)] = batch.clean_ok & ~broken & ~batch.known_broken(self.norm, eps)
         return counts
 
     def derived(self, metrics: dict[str, float], tables: dict) -> dict[str, float]:

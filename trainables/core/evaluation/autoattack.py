@@ -24,7 +24,8 @@ class AutoAttackEval(Item):
     targets), FAB-T (9 targets) and Square (`square_queries`, 5,000) for `standard`, APGD-CE and
     APGD-T for `fast`; each attack sees only the points that every earlier attack (and every
     smaller eps) left correctly classified, and a point counts as broken only by a verified
-    adversarial example. Reports `autoattack_{norm}_eps{eps}_acc` and, per eps, how many points
+    adversarial example (one found earlier by the search's attack on the same weights counts:
+    the cascade does not attack it again). Reports `autoattack_{norm}_eps{eps}_acc` and, per eps, how many points
     each attack broke (`autoattack_{norm}_eps{eps}_{attack}_broken`). Seeded: deterministic."""
 
     kind: Literal["autoattack"] = "autoattack"
@@ -56,6 +57,9 @@ class AutoAttackEval(Item):
     def counts(self) -> set[str]:
         return {self.broken_name(eps, attack) for eps in self.eps for attack in VERSIONS[self.version]}
 
+    def balls(self) -> dict[str, tuple[str, float]]:
+        return {metric_name(self.prefix, eps): (self.norm, eps) for eps in self.eps}
+
     def run(self, attack: str, batch: Batch, index: torch.Tensor, eps: float) -> torch.Tensor:
         x, y = batch.x[index], batch.y[index]
         if attack == "square":
@@ -68,6 +72,7 @@ class AutoAttackEval(Item):
         alive = batch.clean_ok.clone()
         counts = {}
         for eps in sorted(self.eps):  # an example broken within a smaller eps is broken within this one
+            alive &= ~batch.known_broken(self.norm, eps)
             for attack in VERSIONS[self.version]:
                 index = alive.nonzero()[:, 0]
                 broken = torch.zeros(len(index), dtype=torch.bool, device=alive.device)

@@ -26,8 +26,9 @@ FLOAT_SLACK = 2.0 ** -23
 class Batch:
     """One evaluation batch: the model (in eval mode), inputs, labels, the clean logits (computed
     once for every item), the evaluation's seeded generator, where items put per-example
-    columns (`record`) and attack-failure warnings (`warn`), and the run's seed (`seed`), which
-    every random draw of the evaluation follows."""
+    columns (`record`) and attack-failure warnings (`warn`), the run's seed (`seed`), which
+    every random draw of the evaluation follows, and the radii within which an earlier
+    evaluation already broke each example (`known`)."""
 
     model: nn.Module
     x: torch.Tensor
@@ -37,6 +38,15 @@ class Batch:
     columns: dict[str, dict[str, list[torch.Tensor]]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seed: int = 0
+    known: dict[str, torch.Tensor] = field(default_factory=dict)  # norm -> per example a verified broken radius
+
+    def known_broken(self, norm: str, eps: float) -> torch.Tensor:
+        """Which examples an earlier evaluation of the same weights already broke within `eps` in
+        `norm` by a verified adversarial example (none where it gave no radii)."""
+        radius = self.known.get(norm)
+        if radius is None:
+            return torch.zeros(len(self.y), dtype=torch.bool, device=self.y.device)
+        return radius <= eps
 
     def attack_seed(self, item_seed: int) -> int:
         """An item's own seed shifted by the run's: other runs' seeds draw other starts."""

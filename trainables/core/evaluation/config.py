@@ -80,6 +80,10 @@ class EvalConfig:
         (None when nothing measures one, as a final evaluation may)."""
         return self.robust_metric or next(iter(self.robust_accuracies()), None)
 
+    def ball(self, metric: str) -> tuple[str, float] | None:
+        """(norm, eps) of a robust accuracy measured in a norm ball, None for other metrics."""
+        return next((item.balls()[metric] for item in self.items if metric in item.balls()), None)
+
     @property
     def needs_bound(self) -> bool:
         return any(item.needs_bound for item in self.items)
@@ -131,12 +135,15 @@ def evaluation_order(y: torch.Tensor, sample_seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progress: bool = False,
-                   seed: int = 0) -> EvalResult:
+                   seed: int = 0, known: dict[str, torch.Tensor] | None = None) -> EvalResult:
     """Every item of `config` on the fixed evaluation subset, in eval mode, with one generator
     seeded afresh from the run's `seed` (the same noise, starts and targets every time for one
-    seed; other draws for another, on the same examples); `progress` shows a bar of batches."""
+    seed; other draws for another, on the same examples); `progress` shows a bar of batches.
+    `known`: per norm, per example of the split, a radius within which an earlier evaluation of
+    these weights verified an adversarial example (inf: none); the items count those as broken."""
     x_all, y_all = data.split(config.split)
     index = evaluation_order(y_all, config.sample_seed)[config.skip: config.examples]
+    known = {norm: radius.to(y_all.device)[index] for norm, radius in (known or {}).items()}
     x_all, y_all = x_all[index], y_all[index]
     if len(y_all) == 0:
         raise ConfigError(f"eval.split: the {config.split} split is empty (set data.val > 0 or use test)")
@@ -151,9 +158,10 @@ def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progr
     warnings: list[str] = []
     batches = tqdm(eval_batches(x_all, y_all, config.batch_size), total=math.ceil(len(y_all) / config.batch_size),
                    desc="evaluate", unit="batch", disable=not progress)
-    for x, y in batches:
+    for start, (x, y) in zip(range(0, len(y_all), config.batch_size), batches, strict=True):
         logits = model(x)
-        batch = Batch(model, x, y, logits, generator, columns, warnings, seed)
+        batch = Batch(model, x, y, logits, generator, columns, warnings, seed,
+                      {norm: radius[start:start + len(y)] for norm, radius in known.items()})
         counts = {"clean_acc": correct_predictions(logits, y)}
         if check_gradients and logits.shape[1] > 1:
             counts["dead_gradients"] = dead_gradients(model, x, y).sum()

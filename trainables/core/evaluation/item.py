@@ -29,6 +29,12 @@ class Item:
     def derived(self, metrics: dict[str, float], tables: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
         return {}
 
+    def balls(self) -> dict[str, tuple[str, float]]:
+        """Per robust accuracy it measures in a norm ball: (norm, eps). Every verified adversarial
+        example within that ball makes the example count as broken there, whichever attack found
+        it, so another evaluation's verified examples bound this accuracy from above."""
+        return {}
+
     def maxima(self) -> set[str]:
         """Metrics combined across batches by their maximum rather than a sum."""
         return set()

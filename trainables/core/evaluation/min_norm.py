@@ -43,8 +43,9 @@ def smallest_adversarial(batch: Batch, attacks: list[str], norm: str, steps: int
 @EVALUATIONS.register("min_norm")
 @dataclass
 class MinNormEval(Item):
-    """The best of several minimum-norm attacks (FMN, DDN, FAB; `steps` each) per example: its
-    verified adversarial distance (0 for a misclassified example, inf where no attack found
+    """The best of several minimum-norm attacks (FMN, DDN, FAB; `steps` each) per example (or
+    the radius of an earlier evaluation's verified example, where smaller): its verified
+    adversarial distance (0 for a misclassified example, inf where no attack found
     one: an attack failure unless the model is constant there). Reports
     `min_norm_{norm}_eps{eps}_acc` (correct and radius > eps), `min_norm_{norm}_median` (over
     correctly classified examples) and `min_norm_{norm}_unbroken` (correct examples no attack
@@ -82,6 +83,9 @@ class MinNormEval(Item):
     def counts(self) -> set[str]:
         return {f"{self.prefix}_unbroken"}
 
+    def balls(self) -> dict[str, tuple[str, float]]:
+        return {metric_name(self.prefix, eps): (self.norm, eps) for eps in self.eps}
+
     def correct(self, batch: Batch) -> dict[str, torch.Tensor]:
         ok = batch.clean_ok
         radius = torch.zeros(len(ok), dtype=torch.float64, device=ok.device)
@@ -92,6 +96,8 @@ class MinNormEval(Item):
             radius[index] = found.pop("radius")
             for attack, values in found.items():
                 columns[f"radius_{attack}"][index] = values
+        if self.norm in batch.known:  # an earlier evaluation's verified example may be closer
+            radius = torch.where(ok, torch.minimum(radius, batch.known[self.norm].double()), radius)
         batch.record(self.prefix, label=batch.y, correct=ok, radius=radius, **columns)
         batch.record(EXAMPLES, **{f"{self.prefix}_radius": radius})
         counts = {metric_name(self.prefix, eps): ok & (radius > eps) for eps in self.eps}
