@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
+from analysis.costs import cost_table, describe_costs
 from analysis.curves import accuracy_curves, curve_areas, min_norm_curves, plot_curves
 from analysis.pareto import (
     StudyAnalysis,
@@ -142,6 +143,10 @@ def write_report(client: MlflowClient, parent_run_id: str, out: Path) -> StudyAn
         if study.verdicts is not None and study.verdicts.lines:
             items = "".join(f"<li>{html.escape(line)}</li>" for line in study.verdicts.lines)
             sections.append((verdicts_heading(study.verdicts), f"<ul>{items}</ul>"))
+    costs = cost_table(client.get_run(parent_run_id).data.metrics)
+    if not costs.empty:
+        sections.append(("Where the time went", costs.to_html(index=False)
+                         + f"<p>{html.escape(describe_costs(client.get_run(parent_run_id).data.metrics))}</p>"))
     sections += [
         ("Best configuration per method", method_table(study).to_html(index=False, na_rep="")),
         ("Curves and hypervolume", "\n".join(image(path, alt) for path, alt in figures[2:])),

@@ -10,8 +10,9 @@ robust accuracy is at most the search's on the same examples. A trial whose (cle
 bound) point another trial's (clean, strong robust) point dominates cannot reach the strong
 front, nor, where the confirm stage takes each method's best, be its method's best: it is
 skipped and tagged `robust_study.final_eval = skipped: dominated by RUN_ID`. Candidates go in the
-order of their bound (the likeliest front points first: they rule most others out), and one
-whose bound point a running evaluation's dominates waits for that result.
+order of their bound (the likeliest front points first: they rule most others out), one whose
+bound point a running evaluation's dominates waits for that result, and a running evaluation
+that a new result rules out is stopped.
 `python -m study.evaluate --run-id RUN --eval final` evaluates a skipped trial all the same.
 
 A trial's state is its run's tag (`done`, `skipped: ...`), so a study killed in the middle
@@ -113,6 +114,7 @@ class FinalEvaluations:
         self.queue: dict[str, Candidate] = {}
         self.running: dict[ray.ObjectRef, Candidate] = {}
         self.settled: set[str] = set()  # trial ids evaluated or skipped
+        self.skipped: set[str] = set()
         self.points: list[Point] = []
         self.tally = Tally()
         self._data_ref: ray.ObjectRef | None = None
@@ -139,6 +141,8 @@ class FinalEvaluations:
                                          metrics["final_clean_acc"], metrics.get("final_robust_acc", math.nan)))
             if state == FINAL_EVAL_DONE or state.startswith(FINAL_EVAL_SKIPPED):
                 self.settled.add(run.data.tags[TRIAL_TAG])
+            if state.startswith(FINAL_EVAL_SKIPPED):
+                self.skipped.add(run.data.tags[TRIAL_TAG])
 
     def add(self, trial: Trial) -> None:
         """Queue a finished full-budget trial (its run already logged by the stage's tracker)."""
@@ -181,11 +185,17 @@ class FinalEvaluations:
         return None
 
     def pump(self, block: bool = False) -> None:
-        """Collect finished evaluations, skip what is now dominated, and start the next ones."""
+        """Collect finished evaluations, skip (or stop) what is now dominated, and start the next ones."""
         if self.running:
             ready, _ = ray.wait(list(self.running), num_returns=1, timeout=None if block else 0)
             for ref in ready:
                 self.collect(ref, self.running.pop(ref))
+            for ref, candidate in list(self.running.items()):
+                winner = self.dominated_by(candidate)
+                if winner is not None:  # its result can no longer matter: its slot goes to the next
+                    ray.cancel(ref, force=True)
+                    del self.running[ref]
+                    self.skip(candidate, winner)
         for candidate in sorted(self.queue.values(), key=lambda c: (-c.bound if not math.isnan(c.bound) else -2,
                                                                     -c.clean)):
             if len(self.running) >= self.slots:
@@ -193,12 +203,16 @@ class FinalEvaluations:
             winner = self.dominated_by(candidate)
             if winner is not None:
                 del self.queue[candidate.trial_id]
-                self.client.set_tag(candidate.run_id, FINAL_EVAL_TAG, f"{FINAL_EVAL_SKIPPED}: dominated by {winner}")
-                self.settled.add(candidate.trial_id)
-                self.tally.skipped += 1
+                self.skip(candidate, winner)
             elif not any(bound_dominates(other, candidate) for other in self.running.values()):
                 del self.queue[candidate.trial_id]
                 self.running[self.submit(candidate)] = candidate
+
+    def skip(self, candidate: Candidate, winner: str) -> None:
+        self.client.set_tag(candidate.run_id, FINAL_EVAL_TAG, f"{FINAL_EVAL_SKIPPED}: dominated by {winner}")
+        self.settled.add(candidate.trial_id)
+        self.skipped.add(candidate.trial_id)
+        self.tally.skipped += 1
 
     def submit(self, candidate: Candidate) -> ray.ObjectRef:
         if self._data_ref is None:
@@ -206,7 +220,18 @@ class FinalEvaluations:
         resources = self.study.resources
         task = ray.remote(evaluate_checkpoint).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
         return task.remote(candidate.config, self.settings, self._data_ref, SEARCH, candidate.checkpoint, 0, None,
-                           candidate.known)
+                           candidate.known, candidate.trial_id)
+
+    def phase(self, trial_id: str) -> str | None:
+        """What the strong evaluation of a finished trial is doing, for the progress table (None:
+        nothing to say, or the evaluation's own progress on the phase board)."""
+        if trial_id in self.queue:
+            return "queued for final eval"
+        if trial_id in self.skipped:
+            return "final eval skipped: dominated"
+        if any(c.trial_id == trial_id for c in self.running.values()):
+            return "final eval"
+        return None
 
     def collect(self, ref: ray.ObjectRef, candidate: Candidate) -> None:
         """Log a finished evaluation to the trial's run: its records joined into the run's, its

@@ -18,8 +18,11 @@ import optuna
 import ray
 from mlflow.tracking import MlflowClient
 
+from analysis.costs import describe_costs
 from analysis.pareto import print_fronts
 from analysis.report import write_report
+from study import STARTED
+from study.costs import StudyClock
 from study.race import Race
 from study.spec import StudySpec
 from study.stages import ConfirmStage, SearchStage, StageInputs, StudyContext, run_stage
@@ -30,6 +33,7 @@ from trainables.core.data import load_data
 from trainables.core.registry import ConfigError
 from trainables.core.schema import to_dict
 from trainables.core.settings import RunSettings
+from trainables.phases import open_board
 
 EXIT_INTERRUPTED = 130
 OPTUNA_FILE = "optuna.db"  # in a local --storage: every study's Optuna study, named as its folder
@@ -124,9 +128,13 @@ def run_study(spec: StudySpec, args: argparse.Namespace, prepared: Prepared) -> 
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's classic progress table, whose columns the study picks
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # epochs between evaluations report no metrics
         study = StudyContext(spec, storage, record, client, trial_resources(spec))
+        open_board()
         search = SearchStage(study, prepared.search, stores.optuna)
+        clock = StudyClock(STARTED)
+        clock.lap("start-up")
         outcome = run_stage(search, fit=not args.confirm_only)
         unfinished = outcome.unfinished
+        clock.search(client, record.parent_run_id, search.final.tally if search.final else None)
         # an unfinished search's front waits for it
         if prepared.confirm is not None and (args.confirm_only or not unfinished):
             confirm = ConfirmStage(study, prepared.confirm, search)
@@ -134,11 +142,16 @@ def run_study(spec: StudySpec, args: argparse.Namespace, prepared: Prepared) -> 
             race = Race(study, confirm, prepared.confirm)
             if not unfinished and race.racing and confirm.points:
                 unfinished += race.run()
+            clock.lap("confirm stage")
+        clock.log(client, record.parent_run_id)
         client.set_terminated(record.parent_run_id, KILLED if unfinished else FINISHED)
     finally:
         ray.shutdown()
     with tempfile.TemporaryDirectory() as folder:
         print_fronts(write_report(client, record.parent_run_id, Path(folder)))
+    clock.lap("report")
+    clock.log(client, record.parent_run_id)
+    print(describe_costs(client.get_run(record.parent_run_id).data.metrics), flush=True)
     if unfinished:
         print(f"\n{unfinished} trial(s) unfinished: continue with python -m study.launch {args.spec} "
               f"--storage {args.storage} --resume", file=sys.stderr)

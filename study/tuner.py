@@ -14,16 +14,19 @@ import optuna
 import ray
 from ray import tune
 from ray.autoscaler.sdk import request_resources
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from analysis.names import short_name
+from study.final_eval import ACTIVE
 from study.space import MethodSearchSpace, first_points, space_key
 from study.spec import StudySpec
 from trainables.core.data import DataBundle
 from trainables.core.registry import ConfigError
 from trainables.core.settings import RunSettings
+from trainables.phases import read_board
 from trainables.trainable import train_trial
 
 
@@ -95,19 +98,51 @@ def make_searcher(spec: StudySpec, optuna_db: optuna.storages.BaseStorage | None
     return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
 
 
-def progress_reporter(spec: StudySpec) -> tune.CLIReporter:
+PHASE = "phase"
+
+
+class StudyReporter(tune.CLIReporter):
+    """Tune's table with a phase column: what each trial is doing (training, evaluating with its
+    attack and the points left, queued for its final evaluation, in it, skipped), read from the
+    trials' phase board and the search's final evaluations (by the stage's folder: the reporter
+    is saved with the Tuner)."""
+
+    def __init__(self, folder: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.folder = folder
+
+    def report(self, trials: list[Trial], done: bool, *sys_info: dict) -> None:
+        board, final = read_board(), ACTIVE.get(self.folder)
+        for trial in trials:
+            live = board.get(trial.trial_id)
+            if trial.status == Trial.RUNNING:
+                phase = live or "training"
+            elif trial.status == Trial.TERMINATED:
+                phase = final.phase(trial.trial_id) if final is not None else None
+                if phase == "final eval" and live and live.startswith(phase):
+                    phase = live
+                phase = phase or "done"
+            else:
+                phase = trial.status.lower()
+            trial.last_result[PHASE] = phase
+        super().report(trials, done, *sys_info)
+
+
+def progress_reporter(spec: StudySpec, folder: str) -> StudyReporter:
     """Tune's progress table: trial, status, method, the searched hyperparameters (short names),
-    epoch, clean and robust accuracy and time."""
+    epoch, clean and robust accuracy, time and phase."""
     searched = [(label, name) for label, names in spec.searched().items() for name in names]
     shorts = [short_name(name) for _, name in searched]
     parameters = {"method": "method"} | {
         space_key(label, name): short if shorts.count(short) == 1 else f"{label}.{short}"
         for (label, name), short in zip(searched, shorts, strict=True)}
-    return tune.CLIReporter(
+    return StudyReporter(
+        folder,
         parameter_columns=parameters,
         metric_columns={"epoch": "epoch", "clean_acc": "clean_acc", "robust_acc": "robust_acc",
-                        "time_total_s": "time (s)"},
+                        "time_total_s": "time (s)", PHASE: PHASE},
         max_report_frequency=30,
+        max_column_length=48,  # the phase: an evaluation's attack and points left
         print_intermediate_tables=True,  # its default depends on the verbosity when it is built
         sort_by_metric=False,
     )
@@ -155,6 +190,6 @@ def run_config(spec: StudySpec, storage_uri: str, name: str, callbacks: list[tun
         callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=spec.faults.max_failures),
-        progress_reporter=progress_reporter(spec),
+        progress_reporter=progress_reporter(spec, name),
         verbose=1,
     )

@@ -15,7 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from analysis.pareto import pareto_front, with_axes
-from analysis.records import FINAL_EVAL_TAG, SEARCH, find_study_run, trial_runs
+from analysis.records import SEARCH, find_study_run, trial_runs
 from tests.helpers import tiny_spec, write_spec
 from trainables.core.data import DataBundle, DatasetInfo
 from trainables.core.evaluation import AttackEval, AutoAttackEval, EvalConfig, MinNormEval, run_evaluation
@@ -69,7 +69,7 @@ def test_a_dominated_trial_skips_the_strong_evaluation_and_the_front_stays_the_s
                  "loss_gradl2": {"lambda": {"low": 0.01, "high": 1.0, "log": True}},
                  "clean": {"weight_decay": 5.0}},  # a constant classifier
         scheduler={"kind": "fifo"},
-        search={"num_samples": 3, "max_concurrent": 2, "seed": 0,
+        search={"num_samples": 3, "max_concurrent": 1, "seed": 0,  # one at a time: each waits for the one before
                 "first": [{"method": "pgd_l2", "epsilon": 1.0}, {"method": "loss_gradl2", "lambda": 0.1},
                           {"method": "clean"}]},  # the constant classifier last
     )

@@ -26,6 +26,7 @@ from trainables.core.methods import build_method
 from trainables.core.models import build_model
 from trainables.core.settings import RunSettings, resolve_device
 from trainables.core.train import Tables, fit
+from trainables.phases import phase_teller
 from trainables.records import write_tables
 from trainables.trial import EVAL_TABLES, FIGURES, MODEL_FILE, NODE_KEY, STATE_FILE, TrialConfig
 
@@ -72,18 +73,21 @@ def train_trial(config: dict[str, Any], settings: RunSettings, data: DataBundle,
         title = f"{trial.label}: {', '.join(f'{k}={v}' for k, v in trial.values.items())}"
         one_dimensional_fit(model, data, title[:120], path)
 
-    fit(settings, method, data, on_epoch=report, resume_from=resume_from)
+    on_phase = phase_teller(tune.get_context().get_trial_id(), f"trial {trial.label}")
+    fit(settings, method, data, on_epoch=report, resume_from=resume_from, on_phase=on_phase)
 
 
 
 def evaluate_checkpoint(config: dict[str, Any], settings: RunSettings, data: DataBundle, stage: str,
                         checkpoint: tune.Checkpoint, start: int, stop: int | None,
-                        known: dict[str, torch.Tensor] | None = None) -> tuple[EvalResult, float]:
+                        known: dict[str, torch.Tensor] | None = None,
+                        progress_key: str | None = None) -> tuple[EvalResult, float]:
     """A trained trial's judging evaluation (the final one where the settings have it, else the
     epoch's) on examples `start` .. `stop` of the evaluation order (None: the evaluation's own),
     from its checkpoint's weights, with the examples `known` broken (`run_evaluation`) counted
     as broken: the result (its records named as a final evaluation's where it is one) and its
-    seconds. As a Ray task: a racing confirm stage's blocks, the search's final evaluations."""
+    seconds. Its progress goes to the phase board under `progress_key` where one is given. As a
+    Ray task: a racing confirm stage's blocks, the search's final evaluations."""
     trial = TrialConfig.from_tune(config, stage)
     settings = trial.apply(settings)
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
@@ -96,7 +100,9 @@ def evaluate_checkpoint(config: dict[str, Any], settings: RunSettings, data: Dat
     judged = settings.final_eval or settings.eval
     judged = replace(judged, examples=judged.examples if stop is None else stop, skip=start)
     started = time.perf_counter()
-    result = run_evaluation(model, data, judged, seed=settings.train.seed, known=known)
+    tell = phase_teller(progress_key, f"{stage} {trial.label}") if progress_key else None
+    on_progress = (lambda message: tell(f"final eval: {message}")) if tell else None
+    result = run_evaluation(model, data, judged, seed=settings.train.seed, known=known, on_progress=on_progress)
     seconds = time.perf_counter() - started
     if settings.final_eval is not None:
         result = replace(result, tables=result.final_tables())

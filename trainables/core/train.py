@@ -173,18 +173,19 @@ def train_epoch(state: TrainingState, step: Stepper, data: DataBundle, settings:
             "epoch_time_s": epoch_time, "train_time_s": state.train_time_s}
 
 
-def evaluate(model: nn.Module, data: DataBundle, settings: RunSettings, final: bool) -> tuple[dict[str, Any], Tables]:
+def evaluate(model: nn.Module, data: DataBundle, settings: RunSettings, final: bool,
+             on_progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Tables]:
     """The epoch's evaluation and, after the last epoch, the final one (its metrics and its
     per-example records as `final_*`, its other per-example tables); the epoch's per-example
     records as `examples`; their attack-failure warnings as one `eval_warnings` string, with the
     indicators that compare the two where both measured the same examples (PGD here against
     AutoAttack there)."""
     started = time.perf_counter()
-    result = run_evaluation(model, data, settings.eval, seed=settings.train.seed)
+    result = run_evaluation(model, data, settings.eval, seed=settings.train.seed, on_progress=on_progress)
     metrics, messages = dict(result.metrics), result.warnings
     tables = {EXAMPLES: result.tables[EXAMPLES]}
     if final and settings.final_eval is not None:
-        strong = run_evaluation(model, data, settings.final_eval, seed=settings.train.seed)
+        strong = run_evaluation(model, data, settings.final_eval, seed=settings.train.seed, on_progress=on_progress)
         metrics.update({f"final_{k}": v for k, v in strong.metrics.items()})
         tables.update(strong.final_tables())
         messages = list(dict.fromkeys([*messages, *strong.warnings]))
@@ -202,6 +203,7 @@ def fit(
     data: DataBundle,
     on_epoch: EpochCallback | None = None,
     resume_from: dict[str, Any] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> nn.Module:
     """Train `method` under `settings` and return the model.
 
@@ -211,7 +213,8 @@ def fit(
     final evaluation's (`final_examples`) and its other per-example tables (e.g. minimum-norm
     radii); nothing after an epoch without evaluation. The metrics carry the evaluation's attack-failure warnings as
     `eval_warnings`, and the run's cost so far: `train_time_s` (training) and `compute_time_s`
-    (training and evaluation).
+    (training and evaluation). `on_phase(text)` hears what the run is doing: `training`,
+    `evaluating`, and an evaluation's progress (`evaluating: autoattack_l2, 250/500 points left`).
     """
     train = settings.train
     device = resolve_device(train.device)
@@ -221,12 +224,16 @@ def fit(
     if resume_from is not None:
         state.restore(resume_from)
     step = Stepper(state, train)
+    tell = on_phase or (lambda phase: None)
     while state.epoch < train.epochs:
+        tell("training")
         metrics = train_epoch(state, step, data, settings)
         state.epoch += 1
         tables: Tables = {}
         if settings.eval.due(state.epoch, train.epochs, settings.rungs):
-            measured, tables = evaluate(state.model, data, settings, final=state.epoch == train.epochs)
+            tell("evaluating")
+            measured, tables = evaluate(state.model, data, settings, final=state.epoch == train.epochs,
+                                        on_progress=lambda message: tell(f"evaluating: {message}"))
             state.compute_time_s += measured["eval_time_s"]
             metrics.update(measured)
         metrics["compute_time_s"] = state.compute_time_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -135,12 +136,14 @@ def evaluation_order(y: torch.Tensor, sample_seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progress: bool = False,
-                   seed: int = 0, known: dict[str, torch.Tensor] | None = None) -> EvalResult:
+                   seed: int = 0, known: dict[str, torch.Tensor] | None = None,
+                   on_progress: Callable[[str], None] | None = None) -> EvalResult:
     """Every item of `config` on the fixed evaluation subset, in eval mode, with one generator
     seeded afresh from the run's `seed` (the same noise, starts and targets every time for one
     seed; other draws for another, on the same examples); `progress` shows a bar of batches.
     `known`: per norm, per example of the split, a radius within which an earlier evaluation of
-    these weights verified an adversarial example (inf: none); the items count those as broken."""
+    these weights verified an adversarial example (inf: none); the items count those as broken.
+    `on_progress(text)` hears each item's start on each batch: its name and the points left."""
     x_all, y_all = data.split(config.split)
     index = evaluation_order(y_all, config.sample_seed)[config.skip: config.examples]
     known = {norm: radius.to(y_all.device)[index] for norm, radius in (known or {}).items()}
@@ -166,6 +169,8 @@ def run_evaluation(model: nn.Module, data: DataBundle, config: EvalConfig, progr
         if check_gradients and logits.shape[1] > 1:
             counts["dead_gradients"] = dead_gradients(model, x, y).sum()
         for item in config.items:
+            if on_progress is not None:
+                on_progress(f"{getattr(item, 'prefix', item.kind)}, {len(y_all) - start}/{len(y_all)} points left")
             counts.update(item.correct(batch))
         for name, count in counts.items():
             if count.dtype == torch.bool:  # which examples are correct: a column of the records
