@@ -180,7 +180,7 @@ def fit(tracking_uri: str, experiment: str) -> dict[str, ObjectiveModel]:
         between = np.mean([np.mean(matrices[a][0] != matrices[b][0]) for i, a in enumerate(names)
                            for b in names[i + 1:]]) if len(names) > 1 else within
         best, error = None, math.inf
-        for difficulty_sd in np.arange(0.5, 4.01, 0.25):
+        for difficulty_sd in np.arange(0.5, 6.01, 0.25):
             for own_sd in np.arange(0.0, 2.01, 0.25):
                 simulated = ObjectiveModel(tuple(0.0 for _ in names), seed_sd, difficulty_sd, own_sd)
                 d_within, d_between = disagreement(simulated, np.mean(list(accuracy.values())))

@@ -15,8 +15,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from analysis.pareto import pareto_front, with_axes
-from analysis.records import SEARCH, find_study_run, trial_runs
-from tests.helpers import tiny_spec, write_spec
+from analysis.records import FINAL_EVAL_TAG, SEARCH, find_study_run, trial_runs
+from tests.helpers import kill_session, launch_command, start_launch, study_runs, tiny_spec, wait_until, write_spec
 from trainables.core.data import DataBundle, DatasetInfo
 from trainables.core.evaluation import AttackEval, AutoAttackEval, EvalConfig, MinNormEval, run_evaluation
 from trainables.records import known_radii
@@ -57,22 +57,61 @@ def test_the_cascade_counts_known_breaks_and_does_not_attack_them() -> None:
     assert inherited.metrics["autoattack_l2_eps1_apgd_ce_broken"] == 0, "the known break is not attacked again"
 
 
-@pytest.mark.integration
-def test_a_dominated_trial_skips_the_strong_evaluation_and_the_front_stays_the_same(
-        tiny_fashion_root: Path, tmp_path: Path) -> None:
-    spec = tiny_spec(
-        tiny_fashion_root, name="candidates",
+def candidates_spec(data_root: Path, name: str, final_items: list[dict]) -> dict:
+    """Three trials one at a time, the last a constant classifier, judged by `final_items`."""
+    return tiny_spec(
+        data_root, name=name,
         eval={"examples": EXAMPLES, "items": [{"kind": "attack", "attack": "pgd_l2", "eps": [0.5, 1.0], "steps": 5}]},
-        final_eval={"examples": EXAMPLES, "items": [
-            {"kind": "autoattack", "norm": "l2", "eps": [0.5, 1.0], "version": "fast", "n_iter": 10}]},
+        final_eval={"examples": EXAMPLES, "items": final_items},
         methods={"pgd_l2": {"epsilon": {"low": 0.2, "high": 2.0, "log": True}, "steps": 2},
                  "loss_gradl2": {"lambda": {"low": 0.01, "high": 1.0, "log": True}},
-                 "clean": {"weight_decay": 5.0}},  # a constant classifier
+                 "clean": {"weight_decay": 5.0}},
         scheduler={"kind": "fifo"},
         search={"num_samples": 3, "max_concurrent": 1, "seed": 0,  # one at a time: each waits for the one before
                 "first": [{"method": "pgd_l2", "epsilon": 1.0}, {"method": "loss_gradl2", "lambda": 0.1},
-                          {"method": "clean"}]},  # the constant classifier last
+                          {"method": "clean"}]},
     )
+
+
+@pytest.mark.integration
+def test_a_study_killed_in_its_final_evaluations_resumes_them_once(tiny_fashion_root: Path, tmp_path: Path) -> None:
+    spec = candidates_spec(tiny_fashion_root, "killed", [
+        {"kind": "autoattack", "norm": "l2", "eps": [0.5, 1.0], "version": "fast", "n_iter": 20}])
+    spec_path, storage = write_spec(tmp_path, spec), tmp_path / "runs"
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    log = tmp_path / "launch.log"
+
+    def evaluated() -> int:
+        return sum(r.data.tags.get(FINAL_EVAL_TAG) == "done" for r in study_runs(client, "killed")[1])
+
+    driver = start_launch(spec_path, "--storage", str(storage), log=log)
+    try:
+        wait_until(lambda: evaluated() >= 1, 600, "a finished final evaluation", driver, log)
+    finally:
+        kill_session(driver.pid)
+    before = {r.info.run_id: r.data.tags.get(FINAL_EVAL_TAG, "") for r in study_runs(client, "killed")[1]}
+    assert "" in before.values(), "the kill came after every evaluation: nothing to resume"
+
+    done = subprocess.run(launch_command(spec_path, "--storage", str(storage), "--resume"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    children = study_runs(client, "killed")[1]
+    assert len(children) == 3 and {r.info.run_id for r in children} == set(before), "no run twice"
+    for run_ in children:
+        state = run_.data.tags[FINAL_EVAL_TAG]
+        assert state == "done" or state.startswith("skipped: dominated by ")
+        if before[run_.info.run_id] == "done":  # evaluated before the kill: not again
+            assert len(client.get_metric_history(run_.info.run_id, "final_robust_acc")) == 1
+        if state == "done":
+            assert len(client.get_metric_history(run_.info.run_id, "final_robust_acc")) == 1
+    assert "Pareto front" in done.stdout
+
+
+@pytest.mark.integration
+def test_a_dominated_trial_skips_the_strong_evaluation_and_the_front_stays_the_same(
+        tiny_fashion_root: Path, tmp_path: Path) -> None:
+    spec = candidates_spec(tiny_fashion_root, "candidates", [
+        {"kind": "autoattack", "norm": "l2", "eps": [0.5, 1.0], "version": "fast", "n_iter": 10}])
     storage = tmp_path / "runs"
     launched = subprocess.run([sys.executable, "-m", "study.launch", str(write_spec(tmp_path, spec)),
                                "--storage", str(storage)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
