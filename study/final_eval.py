@@ -135,6 +135,8 @@ class FinalEvaluations:
         """The search runs settled by an earlier driver: their points, and which were skipped."""
         for run in child_runs(self.client, self.study.record.parent_run_id, stage=SEARCH):
             state = run.data.tags.get(FINAL_EVAL_TAG, "")
+            if not state and "final_clean_acc" in run.data.metrics:  # evaluated inside its trial (before 0.3)
+                state = FINAL_EVAL_DONE
             if state == FINAL_EVAL_DONE:
                 metrics = run.data.metrics
                 self.points.append(Point(run.info.run_id, run.data.tags.get(METHOD_TAG, ""),
@@ -154,12 +156,13 @@ class FinalEvaluations:
             return
         run = child_runs(self.client, self.study.record.parent_run_id, trial.trial_id, SEARCH)[0]
         with trial.checkpoint.as_directory() as folder:
-            records = pd.read_parquet(Path(folder) / EVAL_TABLES / RECORDS_FILE)
+            path = Path(folder) / EVAL_TABLES / RECORDS_FILE
+            records = pd.read_parquet(path) if path.is_file() else None
         split_size = len(self.data.split(self.judged.split)[1])
-        known = known_radii(records, self.settings.eval, split_size)
-        clean = torch.tensor(records["clean_acc"].astype(bool).to_numpy())
+        known = known_radii(records, self.settings.eval, split_size) if records is not None else {}
+        clean = torch.tensor(records["clean_acc"].astype(bool).to_numpy()) if records is not None else torch.ones(0)
         bound = math.nan
-        if self.ball is not None:
+        if self.ball is not None and records is not None:
             norm, eps = self.ball
             radius = known.get(norm, torch.full((split_size,), math.inf))[torch.tensor(records["index"].to_numpy())]
             bound = float((clean & (radius > eps)).double().mean())

@@ -132,6 +132,15 @@ def test_a_dominated_trial_skips_the_strong_evaluation_and_the_front_stays_the_s
         assert (done[f"metrics.final_autoattack_l2_eps{eps}_acc"] <= done[f"metrics.pgd_l2_eps{eps}_acc"]).all()
     assert (done["metrics.final_eval_time_s"] > 0).all()
     assert "final evaluation: 2 run" in launched.stdout and "1 skipped as dominated" in launched.stdout
+    last_table = launched.stdout.split("Number of trials: 3/3")[-1].split("Total run time")[0]
+    assert "| phase" in last_table and ("final eval" in last_table or "done" in last_table)
+    costs = client.get_run(parent).data.metrics
+    assert costs["strong_evals_run"] == 2 and costs["strong_evals_skipped"] == 1 and costs["strong_eval_task_s"] > 0
+    phases = ["cost_startup_s", "cost_training_s", "cost_search_eval_s", "cost_strong_eval_s", "cost_report_s"]
+    assert all(costs[name] >= 0 for name in phases) and costs["cost_training_s"] > 0
+    assert costs["cost_total_s"] == pytest.approx(sum(costs[name] for name in phases), rel=1e-6)
+    assert "where the time went (" in launched.stdout and "1 skipped as dominated" in launched.stdout.split(
+        "where the time went")[1]
     front = set(pareto_front(with_axes(trial_runs(client, parent)))["run_id"])
 
     evaluated = subprocess.run([sys.executable, "-m", "study.evaluate", "--tracking-uri", uri,
