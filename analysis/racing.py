@@ -8,8 +8,10 @@ configurations in open pairs race on: their runs get the next block of examples,
 its records stop. A difference's variance has an example part (halved by twice the examples) and
 a seed part per configuration (v / k, down to v / (k + 1) with one more seed); each action's
 expected shrink of the open variance, over its measured cost in seconds, ranks it (after irace /
-S-Race, choosing per round what F-race fixes in advance). A round fits what is left of the
-budget's seconds: its last block of examples is cut to fit.
+S-Race, choosing per round what F-race fixes in advance). A round is its best action and, in the
+study's other slots beside it, the next best that end within it (a slot left idle is a round's
+wall time spent for nothing); it fits what is left of the budget's seconds, its last block of
+examples cut to fit.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 from analysis.verdicts import OBJECTIVES, Verdicts, means_dominate, not_dominated_p
 
 MORE_EXAMPLES, MORE_SEEDS = "examples", "seed"
-PARALLEL_SHARE = 0.5  # actions at least this share of the best one's gain per second run beside it
 
 
 @dataclass(frozen=True)
@@ -104,15 +105,18 @@ def plan_round(verdicts: Verdicts, max_seeds: int, max_examples: int, costs: Cos
     useful = sorted((c for c in candidates if c.gain > 0), key=lambda c: c.gain / max(c.seconds, 1e-9), reverse=True)
     if not useful:
         return []
-    best = useful[0].gain / max(useful[0].seconds, 1e-9)
-    chosen = [c for c in useful if c.gain / max(c.seconds, 1e-9) >= PARALLEL_SHARE * best]
-    seeds_allowed = trials_left if trials_left is not None else len(chosen)
+    seeds_allowed = trials_left if trials_left is not None else len(useful)
     room = math.inf if seconds_left is None else seconds_left * slots
-    kept, new_seeds = [], 0
-    for action in chosen:
+    length = None  # the round's wall seconds: its best affordable action's, which the others share slots beside
+    kept, new_seeds, used = [], 0, 0.0
+    for action in useful:
         if action.seconds > room or (action.kind == MORE_SEEDS and new_seeds >= seeds_allowed):
+            continue
+        length = length or action.seconds
+        if used + action.seconds > slots * length:
             continue
         new_seeds += action.kind == MORE_SEEDS
         room -= action.seconds
+        used += action.seconds
         kept.append(action)
     return kept
