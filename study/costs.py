@@ -8,6 +8,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from analysis.costs import PHASES, STRONG_RUN, STRONG_SKIPPED, STRONG_TASK, TOTAL
+from analysis.pareto import column
 from analysis.records import SEARCH, trial_runs
 from study.final_eval import Tally
 
@@ -33,8 +34,8 @@ class StudyClock:
         del self.seconds["search"]
         runs = trial_runs(client, parent_run_id)
         runs = runs[runs["stage"] == SEARCH]
-        train = float(runs.get("metrics.train_time_s", 0.0).sum()) if not runs.empty else 0.0
-        evaluate = float(runs.get("metrics.eval_time_s", 0.0).sum()) if not runs.empty else 0.0
+        train = float(column(runs, "metrics.train_time_s").sum())
+        evaluate = float(column(runs, "metrics.eval_time_s").sum())
         share = train / (train + evaluate) if train + evaluate > 0 else 1.0
         self.seconds["training"] = wall * share
         self.seconds["search evaluation"] = wall * (1 - share)
