@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from analysis.records import (
     TRIAL_TAG,
     child_runs,
 )
-from analysis.verdicts import run_records
+from analysis.verdicts import means_dominate, run_records
 from study.tracking import MAX_PARAM_LENGTH, log_latest
 from trainables.core.data import DataBundle
 from trainables.core.evaluation import metric_warnings
@@ -91,13 +91,13 @@ class Point:
 @dataclass
 class Tally:
     """What the search's strong evaluations cost: how many ran (and their summed seconds), how
-    many were skipped, and the wall seconds the study waited for them after the search."""
+    many were skipped, and the wall seconds the study waited for them after the search (a failed
+    one is printed and tagged `failed: ...`; a resumed study tries it again)."""
 
     run: int = 0
     skipped: int = 0
     seconds: float = 0.0
     waited: float = 0.0
-    failed: list[str] = field(default_factory=list)
 
 
 class FinalEvaluations:
@@ -181,11 +181,9 @@ class FinalEvaluations:
             best = max(own, key=lambda p: (p.robust, p.clean), default=None)
             if best is None or (candidate.bound, candidate.clean) > (best.robust, best.clean):
                 return None
-        for point in self.points:
-            if (point.clean >= candidate.clean and point.robust >= candidate.bound
-                    and (point.clean > candidate.clean or point.robust > candidate.bound)):
-                return point.run_id
-        return None
+        bound = {"clean": candidate.clean, "robust": candidate.bound}
+        return next((p.run_id for p in self.points if means_dominate({"clean": p.clean, "robust": p.robust}, bound)),
+                    None)
 
     def pump(self, block: bool = False) -> None:
         """Collect finished evaluations, skip (or stop) what is now dominated, and start the next ones."""
@@ -244,7 +242,6 @@ class FinalEvaluations:
         except ray.exceptions.RayTaskError as err:
             message = str(err).strip().splitlines()[-1][:MAX_PARAM_LENGTH]
             self.client.set_tag(candidate.run_id, FINAL_EVAL_TAG, f"failed: {message}")
-            self.tally.failed.append(candidate.run_id)
             print(f"final evaluation of run {candidate.run_id} failed: {message}", flush=True)
             return
         with tempfile.TemporaryDirectory() as folder:
@@ -284,8 +281,8 @@ def bound_dominates(first: Candidate, second: Candidate) -> bool:
     rule `second` out, and `second` waits for it."""
     if math.isnan(first.bound) or math.isnan(second.bound):
         return False
-    return (first.clean >= second.clean and first.bound >= second.bound
-            and (first.clean > second.clean or first.bound > second.bound))
+    return means_dominate({"clean": first.clean, "robust": first.bound},
+                          {"clean": second.clean, "robust": second.bound})
 
 
 class FinalEvaluationHook(tune.Callback):
