@@ -141,7 +141,8 @@ class Race:
                                  left, self.study.spec.search.max_concurrent)
             ends = "" if actions else "no action narrows the open intervals within max_seeds, max_examples, budget"
         print(f"race: after round {number - 1}: {settled} of {len(verdicts.table)} places settled "
-              f"({verdicts.examples} examples, {elapsed:.0f} s)" + (f"; the race ends: {ends}" if ends else ""),
+              f"({examples_range(verdicts.table['examples'])} examples, {elapsed:.0f} s)"
+              + (f"; the race ends: {ends}" if ends else ""),
               flush=True)
         if ends:
             return None
@@ -260,6 +261,12 @@ class Race:
 
 def run_records_frame(client: MlflowClient, run_id: str, folder: str) -> pd.DataFrame | None:
     return run_records(client, run_id, f"{folder}/{run_id}")
+
+
+def examples_range(examples: pd.Series) -> str:
+    """`200`, or `100-200` where configurations that left the race kept fewer."""
+    low, high = int(examples.min()), int(examples.max())
+    return str(high) if low == high else f"{low}-{high}"
 
 
 def describe(action: Action) -> str:
