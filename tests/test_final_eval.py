@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.pareto import pareto_front, with_axes
 from analysis.records import FINAL_EVAL_TAG, SEARCH, find_study_run, trial_runs
+from study.evaluate import main as evaluate_main
 from tests.helpers import kill_session, launch_command, start_launch, study_runs, tiny_spec, wait_until, write_spec
 from trainables.core.data import DataBundle, DatasetInfo
 from trainables.core.evaluation import AttackEval, AutoAttackEval, EvalConfig, MinNormEval, run_evaluation
@@ -154,3 +155,13 @@ def test_a_dominated_trial_skips_the_strong_evaluation_and_the_front_stays_the_s
             and every.loc[winner, "metrics.final_clean_acc"] >= late["metrics.final_clean_acc"])
     assert set(pareto_front(with_axes(every.reset_index()))["run_id"]) == front, \
         "evaluating the skipped trial changes nothing on the front"
+
+
+def test_evaluate_final_without_a_final_eval_is_refused_in_one_line(
+        tiny_fashion_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec_path = write_spec(tmp_path, tiny_spec(tiny_fashion_root, name="plain"))
+    torch.save({}, tmp_path / "model.pt")
+    code = evaluate_main(["--checkpoint", str(tmp_path / "model.pt"), "--spec", str(spec_path), "--eval", "final"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --eval: final: the study's spec has no final_eval; allowed: strong, a YAML file")
