@@ -33,7 +33,7 @@ from analysis.records import FINAL_EVAL_DONE, FINAL_EVAL_TAG, PARENT_TAG
 from analysis.verdicts import run_records
 from study.spec import StudySpec, load_spec
 from study.storage import SPEC_FILE
-from study.tracking import log_latest
+from study.tracking import log_latest, log_tables
 from trainables.core.data import load_data
 from trainables.core.evaluation import (
     AttackEval,
@@ -49,8 +49,8 @@ from trainables.core.models import build_model
 from trainables.core.registry import ConfigError
 from trainables.core.schema import load_yaml, parse
 from trainables.core.settings import resolve_device, same_examples
-from trainables.records import known_radii, write_tables
-from trainables.trial import EVAL_TABLES, MODEL_FILE
+from trainables.records import known_radii
+from trainables.trial import MODEL_FILE
 
 L2_EPS = [0.1, 0.5, 1.0, 1.5]
 LINF_EPS = [1 / 255, 2 / 255, 5 / 255, 8 / 255]
@@ -186,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}")
     if args.run_id:
-        with tempfile.TemporaryDirectory() as folder:
-            # joined into the records logged so far, not replacing them
-            write_tables(result.final_tables(), Path(folder) / EVAL_TABLES, run_records(client, args.run_id, folder))
-            client.log_artifacts(args.run_id, str(Path(folder) / EVAL_TABLES), EVAL_TABLES)
+        log_tables(client, args.run_id, result.final_tables(), records)
         log_latest(client, args.run_id, metrics)
         if args.eval_file == "final":
             client.set_tag(args.run_id, FINAL_EVAL_TAG, FINAL_EVAL_DONE)

@@ -47,11 +47,11 @@ from analysis.records import (
     child_runs,
 )
 from analysis.verdicts import means_dominate, run_records
-from study.tracking import MAX_PARAM_LENGTH, log_latest
+from study.tracking import MAX_PARAM_LENGTH, log_latest, log_tables
 from trainables.core.data import DataBundle
 from trainables.core.evaluation import metric_warnings
 from trainables.core.settings import RunSettings, same_examples
-from trainables.records import known_radii, write_tables
+from trainables.records import known_radii
 from trainables.trainable import evaluate_checkpoint
 from trainables.trial import EVAL_TABLES, RECORDS_FILE
 
@@ -245,9 +245,7 @@ class FinalEvaluations:
             print(f"final evaluation of run {candidate.run_id} failed: {message}", flush=True)
             return
         with tempfile.TemporaryDirectory() as folder:
-            kept = run_records(self.client, candidate.run_id, f"{folder}/kept")
-            write_tables(result.tables, Path(folder) / EVAL_TABLES, kept)
-            self.client.log_artifacts(candidate.run_id, str(Path(folder) / EVAL_TABLES), EVAL_TABLES)
+            log_tables(self.client, candidate.run_id, result.tables, run_records(self.client, candidate.run_id, folder))
         metrics = {f"final_{k}": v for k, v in result.metrics.items()} | {"final_eval_time_s": seconds}
         log_latest(self.client, candidate.run_id, metrics)
         messages = result.warnings + [w for w in metric_warnings({**candidate.search_metrics, **result.metrics})

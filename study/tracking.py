@@ -8,10 +8,12 @@ run is found again by its tag, and epochs already logged are not logged twice.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -41,6 +43,7 @@ from analysis.records import (
 )
 from trainables.core.registry import ConfigError
 from trainables.core.settings import EVAL_WARNINGS
+from trainables.records import write_tables
 from trainables.trial import EVAL_TABLES, FIGURES, MODEL_FILE, NODE_KEY, TrialConfig
 
 MAX_PARAM_LENGTH = 6000
@@ -112,6 +115,15 @@ def log_latest(client: MlflowClient, run_id: str, metrics: dict[str, float]) -> 
     epoch = max((m.step for m in client.get_metric_history(run_id, "train_loss")), default=0)
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
+
+
+def log_tables(client: MlflowClient, run_id: str, tables: dict, kept: pd.DataFrame | None) -> None:
+    """An evaluation's per-example tables logged to a trial run under `eval/`: its records joined
+    into `kept` (the run's records so far: a later evaluation extends them, never replaces them),
+    its other tables beside them."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_tables(tables, Path(folder) / EVAL_TABLES, kept)
+        client.log_artifacts(run_id, str(Path(folder) / EVAL_TABLES), EVAL_TABLES)
 
 
 def ui_links(tracking_uri: str, experiment_id: str, run_id: str) -> str:
