@@ -230,7 +230,7 @@ def test_the_toy_fits_the_square_wave_and_its_certificates_hold_on_a_dense_grid(
     ("lipconvnet", {"pool": "avg"}, "model.pool: 'avg' is not allowed; allowed: max, lip"),
     ("lipconvnet", {"depth": 7}, "model.depth: LipConvNet-N takes N in 5, 10, ..., 40, got 7"),
     ("lipconvnet", {"activation": "relu"}, "model.activation: 'relu' is not allowed; allowed: maxmin, hh1, hh2"),
-    ("lipconvnet", {"input_std": "median"}, "model.input_std: 'median' is not allowed; allowed: mean, none"),
+    ("lipconvnet", {"input_std": "median"}, "model.input_std: 'median' is not allowed; allowed: reference, mean, none"),
     ("kwl", {"normalized": "per_channel"}, "model.normalized: 'per_channel' is not allowed; allowed: False, True"),
 ])
 def test_lipschitz_models_name_the_option_they_cannot_build(name: str, options: dict, message: str) -> None:
@@ -273,5 +273,5 @@ def test_a_bad_model_option_value_stops_the_launch_before_anything_starts(tiny_f
     done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(tmp_path / "runs")),
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert done.stderr == "error: model.input_std: 'median' is not allowed; allowed: mean, none, a positive number\n"
+    assert done.stderr == "error: model.input_std: 'median' is not allowed; allowed: reference, mean, none, a positive number\n"
     assert not (tmp_path / "runs").exists()

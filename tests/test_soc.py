@@ -215,7 +215,7 @@ def test_input_std_divides_the_centred_inputs_and_the_bound_follows() -> None:
     with torch.no_grad():
         torch.testing.assert_close(scaled(x), plain(mean + (x - mean) / 0.2))
     assert scaled.lipschitz_bound() == pytest.approx(plain.lipschitz_bound() / 0.2)
-    with pytest.raises(ConfigError, match="model.input_std: 'median' is not allowed; allowed: mean, none"):
+    with pytest.raises(ConfigError, match="model.input_std: 'median' is not allowed; allowed: reference, mean, none"):
         build_model(ModelConfig("lipconvnet", {**options, "input_std": "median"}), TINY)
 
 

@@ -20,7 +20,8 @@ from trainables.core.schema import require
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a model needs to know about its inputs."""
+    """What a model needs to know about its inputs; `mean` and `std` are the training split's true
+    per-channel statistics in [0, 1] pixel units (over every pixel of every image)."""
 
     name: str
     num_classes: int

@@ -19,7 +19,7 @@ from PIL import Image
 from trainables.core.data import DatasetInfo, Splits, register_dataset
 
 TINY_IMAGENET_INFO = DatasetInfo(
-    "tiny_imagenet", 200, (3, 64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    "tiny_imagenet", 200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)
 )
 FOLDER = "tiny-imagenet-200"
 ARCHIVE = "tiny-imagenet-200.zip"

@@ -20,12 +20,25 @@ MODELS: Registry[ModelFactory] = Registry("model")
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std per channel, as the first layer of every model."""
+    """(x - mean) / std per channel, as the first layer of every model. The constants are rebuilt
+    from their decimal values whenever the module changes dtype or device, so a float64 copy holds
+    0.2507 and not float32's nearest number (reference checks compare logits to 1e-9)."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], persistent_std: bool = True) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.constants = (tuple(mean), tuple(std))
+        self.register_buffer("mean", self.exact(self.constants[0], torch.float32, None))
+        self.register_buffer("std", self.exact(self.constants[1], torch.float32, None), persistent=persistent_std)
+
+    @staticmethod
+    def exact(values: tuple[float, ...], dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device).view(1, -1, 1, 1)
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
+        super()._apply(fn, recurse)
+        for name, values in zip(("mean", "std"), self.constants, strict=True):
+            setattr(self, name, self.exact(values, getattr(self, name).dtype, getattr(self, name).device))
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -10,7 +10,13 @@ from torch import nn
 from trainables.core.data import DatasetInfo
 from trainables.core.layers.sandwich import SandwichConv, SandwichFc, SandwichLin
 from trainables.core.models import MODELS
-from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, LipschitzNet, NormalizedLinear, check_options
+from trainables.core.models.lipschitz import (
+    LIPSCHITZ_MODELS,
+    LipschitzNet,
+    NormalizedLinear,
+    check_options,
+    lbdn_center,
+)
 
 
 @MODELS.register("dnn")
@@ -23,7 +29,7 @@ def dnn(info: DatasetInfo, gamma: float = 1.0, head: str = "lln", normalized: bo
     check_options("dnn", info.shape, 2 ** len(widths), {"head": (head, ("lln", "plain")),
                                                                  "normalized": (normalized, (False, True))}, gamma)
     g = gamma ** 0.5
-    layers: list[nn.Module] = [Center(info.mean, info.std if normalized else 1.0)]
+    layers: list[nn.Module] = [lbdn_center(info, normalized)]
     cin, size = channels, n
     for i, width in enumerate(widths):
         layers += [SandwichConv(cin, width, size, 1, g if i == 0 else 1.0), SandwichConv(width, width, size, 2)]

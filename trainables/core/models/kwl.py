@@ -13,7 +13,13 @@ from torch import nn
 from trainables.core.data import DatasetInfo
 from trainables.core.layers import LAYERS
 from trainables.core.models import MODELS
-from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, LipschitzNet, NormalizedLinear, check_options
+from trainables.core.models.lipschitz import (
+    LIPSCHITZ_MODELS,
+    LipschitzNet,
+    NormalizedLinear,
+    check_options,
+    lbdn_center,
+)
 
 WIDTHS = {"small": 1, "medium": 2, "large": 4}
 
@@ -39,7 +45,7 @@ def kwl(info: DatasetInfo, layer: str = "sandwich", size: str = "small", gamma: 
         convolutions = [family.conv(channels, 32 * w, n, 1, g), family.conv(32 * w, 32 * w, n, 2, 1.0),
                         family.conv(32 * w, 64 * w, n // 2, 1, 1.0), family.conv(64 * w, 64 * w, n // 2, 2, 1.0)]
     layers = [
-        Center(info.mean, info.std if normalized else 1.0),
+        lbdn_center(info, normalized),
         *convolutions,
         nn.Flatten(),
         family.fc(64 * w * (n // 4) ** 2, family.fc_width * w, 1.0),

@@ -30,6 +30,7 @@ from trainables.core.models.lipschitz import (
     NormalizedLinear,
     check_options,
 )
+from trainables.core.models.references import SOC, reference_stats
 from trainables.core.registry import ConfigError
 
 ACTIVATIONS = {"maxmin": lambda channels: MaxMin(), "hh1": HouseholderActivation, "hh2": SecondOrderHouseholder}
@@ -50,24 +51,28 @@ class PadTo(nn.Module):
 
 def input_scale(info: DatasetInfo, input_std: float | str | None) -> float:
     """What `input_std` divides the centred inputs by."""
+    if input_std == "reference":
+        return reference_stats(info, SOC)[1][0] if info.name in SOC else input_scale(info, "mean")
     if input_std == "mean":
         return sum(info.std) / len(info.std)
     if input_std in ("none", None):
         return 1.0
     if isinstance(input_std, int | float) and not isinstance(input_std, bool) and input_std > 0:
         return float(input_std)
-    raise ConfigError(f"model.input_std: {input_std!r} is not allowed; allowed: mean, none, a positive number")
+    raise ConfigError(f"model.input_std: {input_std!r} is not allowed; "
+                      "allowed: reference, mean, none, a positive number")
 
 
 @MODELS.register("lipconvnet")
 def lipconvnet(info: DatasetInfo, depth: int = 10, init_channels: int = 32, activation: str = "maxmin",
                pool: str = "max", head: str = "plain", fast: bool = False, hidden: int = 4096,
-               train_terms: int = 6, eval_terms: int = 15, input_std: float | str = "mean") -> nn.Module:
+               train_terms: int = 6, eval_terms: int = 15, input_std: float | str = "reference") -> nn.Module:
     """`depth`: N in 5, 10, ..., 40; `activation`: maxmin | hh1 | hh2; `pool`: max | lip; `head`:
     plain | lln | mlp (`hidden` units); `fast`: SOC's fast-training backward; the series
     has `train_terms` terms in training and `eval_terms` in evaluation; `input_std`: the inputs,
-    centred, are divided by one scalar, `mean` (the reference's: the mean of the data set's
-    channel stds, 0.2507 on CIFAR-10), a positive number, or `none` (centring only)."""
+    centred by the reference's mean, are divided by one number: `reference` (SOC's 0.2507 on
+    CIFAR-10 and CIFAR-100, elsewhere as `mean`), `mean` (the mean of the data set's channel
+    stds), a positive number, or `none` (centring only). The bound gains 1 / that number."""
     if depth % 5 or not 5 <= depth <= 40:
         raise ConfigError(f"model.depth: LipConvNet-N takes N in 5, 10, ..., 40, got {depth}")
     check_options("lipconvnet", info.shape, 1, {"activation": (activation, tuple(ACTIVATIONS)),
@@ -76,7 +81,7 @@ def lipconvnet(info: DatasetInfo, depth: int = 10, init_channels: int = 32, acti
     size = -(-max(height, width) // 32) * 32
     per_block = depth // 5
     soc = {"train_terms": train_terms, "eval_terms": eval_terms, "fast": fast}
-    layers: list[nn.Module] = [Center(info.mean, input_scale(info, input_std)), PadTo(size)]
+    layers: list[nn.Module] = [Center(reference_stats(info, SOC)[0], input_scale(info, input_std)), PadTo(size)]
     layers += [SocConv(channels, init_channels, size, **soc), ACTIVATIONS[activation](init_channels)]
     c = init_channels
     for block in range(5):

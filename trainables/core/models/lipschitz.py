@@ -17,7 +17,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from trainables.core.data import DatasetInfo
 from trainables.core.layers import kernel_spectrum, versions
+from trainables.core.models import Normalize
+from trainables.core.models.references import LBDN, reference_stats
 from trainables.core.registry import ConfigError
 from trainables.core.spectral import record_input_shapes
 
@@ -37,23 +40,24 @@ def check_options(model: str, info_shape: tuple[int, ...], side_multiple: int,
         raise ConfigError(f"model: {model} needs an image side divisible by {side_multiple}, got {info_shape}")
 
 
-class Center(nn.Module):
-    """(x - mean) / std per channel: `std` one scalar (default 1: a shift only; SOC's scalar) or
-    one per channel (LBDN's `normalized`). The layer's Lipschitz constant, 1 / min(std), enters
-    the bound (`norm_bound`), so certificates stay in pixel units."""
+class Center(Normalize):
+    """(x - mean) / std per channel: `std` one number (default 1: a shift only), or one per
+    channel (LBDN's `normalized`). The layer's Lipschitz constant, 1 / min(std), enters the bound
+    (`norm_bound`), so certificates stay in pixel units."""
 
     def __init__(self, mean: tuple[float, ...], std: float | tuple[float, ...] = 1.0) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        stds = (std,) if isinstance(std, int | float) else tuple(std)
-        self.register_buffer("std", torch.tensor(stds).view(1, -1, 1, 1), persistent=False)
+        stds = (float(std),) if isinstance(std, int | float) else tuple(std)
+        super().__init__(mean, stds, persistent_std=False)
         self.bound = 1.0 / min(stds)  # a Python number: reading it never waits for a GPU
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
 
     def norm_bound(self) -> float:
         return self.bound
+
+
+def lbdn_center(info: DatasetInfo, normalized: bool) -> Center:
+    """LBDN's input step: centred by its mean, and under `normalized` divided by its per-channel std."""
+    mean, std = reference_stats(info, LBDN)
+    return Center(mean, std if normalized else 1.0)
 
 
 class NormalizedLinear(nn.Linear):

@@ -8,6 +8,7 @@ from torch import nn
 
 from trainables.core.data import DatasetInfo
 from trainables.core.models import MODELS, Normalize
+from trainables.core.models.references import KERNEL_REG, reference_stats
 
 
 class BasicBlock(nn.Module):
@@ -29,7 +30,7 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     def __init__(self, info: DatasetInfo) -> None:
         super().__init__()
-        self.normalize = Normalize(info.mean, info.std)
+        self.normalize = Normalize(*reference_stats(info, KERNEL_REG))
         self.conv1 = nn.Conv2d(info.shape[0], 64, 3, padding=1, bias=False)
         blocks: list[nn.Module] = []
         in_planes = 64

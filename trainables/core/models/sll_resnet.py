@@ -12,7 +12,13 @@ from torch.nn import functional as F
 from trainables.core.data import DatasetInfo
 from trainables.core.layers.sll import SllConv, SllFc
 from trainables.core.models import MODELS
-from trainables.core.models.lipschitz import LIPSCHITZ_MODELS, Center, LipschitzNet, NormalizedLinear, check_options
+from trainables.core.models.lipschitz import (
+    LIPSCHITZ_MODELS,
+    LipschitzNet,
+    NormalizedLinear,
+    check_options,
+    lbdn_center,
+)
 
 SIZES = {  # depth_conv, channels, inner conv channels, depth_linear, features
     "tiny": (3, 8, 4, 2, 64),  # not the reference's: for tests and first looks on a CPU
@@ -59,7 +65,7 @@ def sll_resnet(info: DatasetInfo, size: str = "small", gamma: float = 1.0, head:
     depth_conv, channels, inner, depth_linear, features = SIZES[size]
     g = gamma ** 0.5
     flat = channels * (n // 4) ** 2
-    layers = [Center(info.mean, info.std if normalized else 1.0), PadChannels(channels, g)]
+    layers = [lbdn_center(info, normalized), PadChannels(channels, g)]
     layers += [SllConv(channels, inner) for _ in range(depth_conv)]
     layers += [nn.AvgPool2d(4, divisor_override=4), nn.Flatten()]
     layers += [SllFc(flat, features) for _ in range(depth_linear)]

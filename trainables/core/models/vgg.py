@@ -11,13 +11,14 @@ from torch import nn
 
 from trainables.core.data import DatasetInfo
 from trainables.core.models import MODELS, Normalize
+from trainables.core.models.references import KERNEL_REG, reference_stats
 
 VGG11 = (64, "P", 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P")
 
 
 @MODELS.register("vgg11")
 def vgg11(info: DatasetInfo) -> nn.Module:
-    layers: list[nn.Module] = [Normalize(info.mean, info.std)]
+    layers: list[nn.Module] = [Normalize(*reference_stats(info, KERNEL_REG))]
     channels = info.shape[0]
     for item in VGG11:
         if item == "P":
