@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from study.preflight import check_experiment, check_storage_folder, latest_local_study
 from study.spec import StudySpec, load_spec
 from trainables.core.registry import ConfigError
 from trainables.core.schema import clip, short
@@ -102,13 +103,14 @@ def check_locations(args: argparse.Namespace) -> None:
     if scheme and scheme != "file" and not args.tracking_uri:
         raise ConfigError(f"--tracking-uri: required when --storage is a URI ({clip(args.storage)}); start an "
                           "MLflow server (see the README's cluster recipe) and pass its http:// address")
-    if not scheme:
-        folder = Path(args.storage).expanduser().resolve()
+    folder = local_storage(args.storage)
+    if folder is not None:
         existing = next(p for p in [folder, *folder.parents] if p.exists())
         if not existing.is_dir():
             raise ConfigError(f"--storage: {existing} is a file; allowed: a folder (existing or to be created)")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"--storage: {existing} is not writable; allowed: a folder you can write to")
+        check_storage_folder(folder)
     if args.tracking_uri:
         parsed = urllib.parse.urlsplit(args.tracking_uri)
         if parsed.scheme and parsed.scheme.split("+")[0] not in TRACKING_SCHEMES:
@@ -125,6 +127,27 @@ def check_locations(args: argparse.Namespace) -> None:
         if not host or not port.isdigit():
             raise ConfigError(f"--address: {short(args.address)} is not HOST:PORT; allowed: auto, HOST:PORT")
         answers(host, int(port), "--address")
+
+
+def local_storage(location: str) -> Path | None:
+    """The folder of a local --storage (a path or file://), None for a remote URI."""
+    if "://" not in location:
+        return Path(location).expanduser().resolve()
+    parsed = urllib.parse.urlsplit(location)
+    return Path(urllib.parse.unquote(parsed.path)).resolve() if parsed.scheme == "file" else None
+
+
+def check_study_destination(spec: StudySpec, args: argparse.Namespace) -> None:
+    """Before Ray starts: the study to --resume exists under a local --storage (by its exact name),
+    and the MLflow experiment it records into is not a deleted one."""
+    folder = local_storage(args.storage)
+    tracking_uri = args.tracking_uri
+    if folder is not None:
+        if args.resume:
+            tracking_uri = tracking_uri or latest_local_study(folder, spec.name)[1].get("tracking_uri")
+        tracking_uri = tracking_uri or f"sqlite:///{folder / 'mlflow.db'}"
+    if tracking_uri:
+        check_experiment(tracking_uri, spec.experiment)
 
 
 def resolve_spec(args: argparse.Namespace) -> StudySpec:
@@ -183,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             print("# search space")
             print(describe_space(spec.methods.methods))
             return 0
+        check_study_destination(spec, args)
         return start_and_run(spec, args)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

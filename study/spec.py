@@ -326,11 +326,17 @@ class StudySpec(RunSettings):
         require("clean_acc" in maximized and bool(maximized & set(robust)), "confirm",
                 "confirms a clean-vs-robust front, so objectives must maximize clean_acc and a robust "
                 f"accuracy; allowed robust metrics: {', '.join(robust)}")
+        if self.confirm.subset is not None:
+            self.data.check_size("confirm", self.confirm.subset)
         settings = self.confirm_settings()
         judged = settings.final_eval or settings.eval
         limit = self.confirm.max_examples
         require(limit is None or judged.examples is None or limit >= judged.examples, "confirm.max_examples",
                 f"must be at least confirm.examples ({judged.examples}), got {limit}")
+        sizes = DATASET_INFO[self.data.dataset].sizes
+        held = self.data.val if judged.split == "val" else sizes[1] if sizes else None
+        require(limit is None or held is None or limit <= held, "confirm.max_examples",
+                f"{limit}, but the {judged.split} split holds {held} examples; allowed: at most {held}")
         if self.confirm.final_eval is not None:
             settings.final_eval.check_classifier(self.data.dataset, "confirm.final_eval")
             if settings.final_eval.needs_bound:

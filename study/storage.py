@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import re
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -14,11 +13,9 @@ import pyarrow.fs
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from study.preflight import RECORD_FILE, is_study_folder
 from trainables.core.registry import ConfigError
 
-RUN_FOLDER = re.compile(r"(.+)-(\d{8}-\d{6})")  # a study run's folder: NAME-YYYYmmdd-HHMMSS
-
-RECORD_FILE = "study.json"
 SPEC_FILE = "spec.yaml"
 # What a study folder holds and how (Tune's pickled searchers and callbacks, the stages' files).
 # 2: the trial contract (trainables.trial) and the stage objects (study.stages). Folders without
@@ -86,8 +83,7 @@ class Storage:
         selector = pyarrow.fs.FileSelector(self.root, allow_not_found=True)
         runs = sorted(
             info.base_name for info in self.fs.get_file_info(selector)
-            if info.type == pyarrow.fs.FileType.Directory and RUN_FOLDER.fullmatch(info.base_name)
-            and RUN_FOLDER.fullmatch(info.base_name).group(1) == name
+            if info.type == pyarrow.fs.FileType.Directory and is_study_folder(info.base_name, name)
             and self.exists(info.base_name, RECORD_FILE)
         )
         if not runs:

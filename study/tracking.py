@@ -41,7 +41,7 @@ from analysis.records import (
     TRIAL_TAG,
     child_runs,
 )
-from trainables.core.registry import ConfigError
+from study.preflight import deleted_experiment
 from trainables.core.settings import EVAL_WARNINGS
 from trainables.records import write_tables
 from trainables.trial import EVAL_TABLES, FIGURES, MODEL_FILE, NODE_KEY, TrialConfig
@@ -85,8 +85,7 @@ def start_study_run(
         experiment_id = client.create_experiment(experiment, artifact_location=artifact_location,
                                                  tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     elif found.lifecycle_stage == "deleted":  # MLflow would refuse every run in it with a traceback
-        raise ConfigError(f"tracking.experiment: {experiment!r} exists in MLflow but is deleted; restore it "
-                          f"(mlflow experiments restore --experiment-id {found.experiment_id}) or name another")
+        raise deleted_experiment(experiment, found.experiment_id)
     else:
         experiment_id = found.experiment_id
         if EXPERIMENT_KIND_TAG not in found.tags:

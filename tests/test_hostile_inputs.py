@@ -219,20 +219,67 @@ def test_the_single_run_command_refuses_a_bad_model_option_before_reading_data(t
     assert capsys.readouterr().err == "error: model.activation: 'relu' is not allowed; allowed: maxmin, hh1, hh2\n"
 
 
-def test_a_deleted_experiment_of_the_studys_name_is_named_not_a_traceback(
-    tiny_fashion_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def snapshot(folder: Path) -> dict[str, int]:
+    """Every path under `folder` with its size (a file's) or -1 (a folder's)."""
+    return {str(p.relative_to(folder)): p.stat().st_size if p.is_file() else -1 for p in folder.rglob("*")}
+
+
+def deleted_experiment_store(storage: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    storage = tmp_path / "runs"
-    storage.mkdir()
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
-    client.delete_experiment(client.create_experiment("deleted"))
-    spec = write_spec(tmp_path, tiny_spec(tiny_fashion_root, name="deleted"))
-    assert main([str(spec), "--storage", str(storage)]) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own log lines
-    assert error.startswith("error: tracking.experiment: 'deleted' exists in MLflow but is deleted; restore it")
-    assert client.search_runs([client.get_experiment_by_name("deleted").experiment_id]) == []
+    client.delete_experiment(client.create_experiment("tiny"))
+
+
+def earlier_study_of_a_longer_name(storage: Path) -> None:
+    folder = storage / "tiny-extra-20261201-101010"
+    folder.mkdir()
+    (folder / RECORD_FILE).write_text(json.dumps({"run_name": folder.name, "parent_run_id": "0" * 32,
+                                                  "tracking_uri": "sqlite:///x.db", "experiment": "tiny-extra"}))
+
+
+@pytest.mark.parametrize(("case", "sections", "arguments", "setup", "message"), [
+    ("subset", {"data": {"subset": 100_000, "val": 100}}, [], None,
+     "error: data.subset: 100000 training + 100 validation examples do not fit in the 60000 training examples "
+     "of fashion_mnist; allowed: subset + val <= 60000"),
+    ("val", {"data": {"subset": None, "val": 60_000}}, [], None,
+     "error: data.val: 60000 validation examples leave none of the 60000 training examples of fashion_mnist "
+     "to train on; allowed: val < 60000"),
+    ("max_examples", {"confirm": {"seeds": [0, 1], "max_examples": 20_000}}, [], None,
+     "error: confirm.max_examples: 20000, but the test split holds 10000 examples; allowed: at most 10000"),
+    ("storage", {}, ["--storage", "/proc/robust-study/runs"], None,
+     "error: --storage: cannot create /proc/robust-study/runs (No such file or directory); "
+     "allowed: a folder you can create and write to"),
+    ("resume", {}, ["--resume"], None, "error: --resume: no study named 'tiny' under STORAGE to resume"),
+    ("resume by a prefix", {}, ["--resume"], earlier_study_of_a_longer_name,
+     "error: --resume: no study named 'tiny' under STORAGE to resume"),
+    ("deleted experiment", {}, [], deleted_experiment_store,
+     "error: tracking.experiment: 'tiny' exists in MLflow but is deleted; restore it (mlflow experiments restore "
+     "--experiment-id 1) or name another"),
+])
+def test_refused_before_ray_starts_and_nothing_left(tiny_fashion_root: Path, tmp_path: Path, case: str,
+                                                    sections: dict, arguments: list[str], setup: object,
+                                                    message: str) -> None:
+    """Each refusal that needs the data set's size, the storage folder, the study to resume or the
+    MLflow experiment's state: exit 2 and one line, no Ray session (RAY_TMPDIR stays empty), and
+    nothing written under the storage folder."""
+    storage, ray_tmp = tmp_path / "runs", tmp_path / "ray"
+    storage.mkdir()
+    ray_tmp.mkdir()
+    if setup is not None:
+        setup(storage)
+    before = snapshot(storage)
+    spec = tiny_spec(tiny_fashion_root, **sections)
+    spec["data"] = {k: v for k, v in spec["data"].items() if v is not None}
+    if "confirm" in sections:
+        spec["objectives"] = [{"metric": "clean_acc", "mode": "max"}, {"metric": "robust_acc", "mode": "max"}]
+    path = write_spec(tmp_path, spec)
+    arguments = arguments if "--storage" in arguments else [*arguments, "--storage", str(storage)]
+    done = subprocess.run(launch_command(path, *arguments), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "RAY_TMPDIR": str(ray_tmp)})
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", message.replace("STORAGE", str(storage)) + "\n")
+    assert list(ray_tmp.iterdir()) == [], "Ray started"
+    assert snapshot(storage) == before
 
 
 @pytest.mark.integration

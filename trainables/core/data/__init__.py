@@ -28,6 +28,7 @@ class DatasetInfo:
     shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    sizes: tuple[int, int] | None = None  # (training, test) examples as published: specs are checked against it
 
 
 @dataclass
@@ -107,6 +108,21 @@ class DataConfig:
                 f"must be in 0 .. 2^32 - 43 (the split draws from RandomState(42 + seed)), got {self.seed}")
         require(self.subset is None or self.subset > 0, f"{path}.subset",
                 f"must be a positive number of examples, got {self.subset}")
+        self.check_size(path, self.subset)
+
+    def check_size(self, path: str, subset: int | None) -> None:
+        """Refuse a subset and validation split larger than the data set's published training split
+        (known without loading it; a data.root holding fewer images is refused when it loads)."""
+        sizes = DATASET_INFO[self.dataset].sizes
+        if sizes is None:
+            return
+        if subset is None:
+            require(self.val < sizes[0], f"{path}.val", f"{self.val} validation examples leave none of the "
+                    f"{sizes[0]} training examples of {self.dataset} to train on; allowed: val < {sizes[0]}")
+            return
+        require(subset + self.val <= sizes[0], f"{path}.subset",
+                f"{subset} training + {self.val} validation examples do not fit in the {sizes[0]} "
+                f"training examples of {self.dataset}; allowed: subset + val <= {sizes[0]}")
 
 
 def default_root() -> Path:

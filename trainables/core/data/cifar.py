@@ -12,10 +12,10 @@ from trainables.core.data import DatasetInfo, Splits, register_dataset
 from trainables.core.registry import ConfigError
 
 CIFAR10_INFO = DatasetInfo(
-    "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (50_000, 10_000)
 )
 CIFAR100_INFO = DatasetInfo(
-    "cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    "cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (50_000, 10_000)
 )
 
 

@@ -62,7 +62,7 @@ def register_idx_dataset(
 
 register_idx_dataset(
     "fashion_mnist",
-    DatasetInfo("fashion_mnist", 10, (1, 28, 28), (0.2860,), (0.3530,)),
+    DatasetInfo("fashion_mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), (60_000, 10_000)),
     lambda root: [root / "FashionMNIST" / "raw", root / "fashion-mnist", root, DEBIAN_FASHION_MNIST],
     "FashionMNIST",
     "`apt-get install dataset-fashion-mnist` (Debian), or set data.root to a folder with the "
@@ -70,7 +70,7 @@ register_idx_dataset(
 )
 register_idx_dataset(
     "mnist",
-    DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,)),
+    DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), (60_000, 10_000)),
     lambda root: [root / "MNIST" / "raw", root / "mnist", root],
     "MNIST",
     "run once where a network exists (torchvision downloads to data.root/MNIST/raw), or copy "

@@ -12,7 +12,7 @@ import torch
 
 from trainables.core.data import DatasetInfo, Splits, register_dataset
 
-SQUARE_WAVE_INFO = DatasetInfo("square_wave", 1, (1, 1, 1), (0.0,), (1.0,))
+SQUARE_WAVE_INFO = DatasetInfo("square_wave", 1, (1, 1, 1), (0.0,), (1.0,), (300, 200))
 
 
 def square_wave(x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from PIL import Image
 from trainables.core.data import DatasetInfo, Splits, register_dataset
 
 TINY_IMAGENET_INFO = DatasetInfo(
-    "tiny_imagenet", 200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)
+    "tiny_imagenet", 200, (3, 64, 64), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), (100_000, 10_000)
 )
 FOLDER = "tiny-imagenet-200"
 ARCHIVE = "tiny-imagenet-200.zip"
