@@ -21,6 +21,7 @@ FAILURES_TAG = "robust_study.failures"
 NODE_TAG = "robust_study.node_id"
 ORPHAN_TAG = "robust_study.orphaned"
 EVAL_WARNING_TAG = "robust_study.eval_warning"  # attack-failure indicators that fired, "; " between
+TRAIN_WARNING_TAG = "robust_study.train_warning"  # the training loss stayed flat: the network does not learn
 STAGE_TAG = "robust_study.stage"  # search or confirm
 CONFIG_TAG = "robust_study.config_id"  # one configuration: its search trial and every seed confirming it
 SEED_TAG = "robust_study.seed"  # the run's train.seed

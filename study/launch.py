@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = resolve_spec(args)
         check_stage_arguments(spec, args)
         check_local_device(spec, args)
+        for warning in spec.warnings():
+            print(warning, file=sys.stderr)
         if args.dry_run:
             from study.space import describe_space
 

@@ -18,6 +18,7 @@ from trainables.core.data import DATASET_INFO
 from trainables.core.evaluation import EvalConfig
 from trainables.core.methods import METHODS, method_params
 from trainables.core.models import MODELS, ModelConfig, check_model, model_options
+from trainables.core.models.lipschitz import LIPSCHITZ_MODELS
 from trainables.core.params import Param
 from trainables.core.presets import apply_preset
 from trainables.core.registry import ConfigError
@@ -397,6 +398,30 @@ class StudySpec(RunSettings):
                 message = str(err)
                 option = message.split(":")[0].removeprefix("model.")
                 raise ConfigError(f"methods.{label}.{message}" if option in model else message) from err
+
+    def warnings(self) -> list[str]:
+        """Valid settings known to fail, one line each: a 1-Lipschitz network (any layer family
+        but `plain`) under Adam on a constant schedule at lr > 0.001 sits at chance (an AOL KWL
+        at lr 0.01: loss flat at 2.671, accuracy 0.10)."""
+        if self.train.optimizer != "adam" or self.train.schedule.kind != "constant":
+            return []
+        found = []
+        for label, params in self.methods.methods.items():
+            name = params["model.name"].default if "model.name" in params else self.model.name
+            if name not in LIPSCHITZ_MODELS:
+                continue
+            options = model_options(name)
+            layer = (params["model.layer"].default if "model.layer" in params else
+                     self.model.options.get("layer", options["layer"].default if "layer" in options else None))
+            lr = params["train.lr"] if "train.lr" in params else None
+            highest = (lr.high if lr.searchable and lr.high is not None else lr.default) if lr else self.train.lr
+            if layer != "plain" and highest > 1e-3:
+                family = f"{name} ({layer})" if layer else name
+                found.append(f"warning: methods.{label}: a 1-Lipschitz {family} network under Adam at lr up to "
+                             f"{highest:g} on a constant schedule can stay at chance; use LBDN's warm-up "
+                             "(train.schedule: {kind: piecewise_linear, ...}, as search_spaces/lipschitz.yaml) or "
+                             "lr <= 0.001")
+        return found
 
     def searched(self) -> dict[str, list[str]]:
         """Per method label, the hyperparameters the search varies (not those fixed)."""

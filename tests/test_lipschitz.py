@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from study.launch import main as launch
 from study.spec import load_spec
-from tests.helpers import tiny_spec, write_spec
+from tests.helpers import ROOT, tiny_spec, write_spec
 from trainables.core.attacks import pgd_l2
 from trainables.core.data import DataBundle, DataConfig, DatasetInfo, load_data
 from trainables.core.evaluation import (
@@ -273,5 +274,25 @@ def test_a_bad_model_option_value_stops_the_launch_before_anything_starts(tiny_f
     done = subprocess.run(launch_command(write_spec(tmp_path, spec), "--storage", str(tmp_path / "runs")),
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert done.stderr == "error: model.input_std: 'median' is not allowed; allowed: reference, mean, none, a positive number\n"
+    assert done.stderr == ("error: model.input_std: 'median' is not allowed; allowed: reference, mean, none, a "
+                           "positive number, or a list of 1 positive numbers (one per channel)\n")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("overrides", "warned"), [
+    (["train.schedule={kind: constant}"], ["sandwich", "orthogon", "aol", "sll"]),
+    (["train.schedule={kind: constant}", "search.first=[]", "methods.sandwich.train.lr=0.001",
+      "methods.orthogon.train.lr=0.001",
+      "methods.aol.train.lr=0.001", "methods.sll.train.lr=0.001"], []),
+    ([], []),  # LBDN's warm-up
+    (["train.schedule={kind: constant}", "train.optimizer=sgd"], []),
+])
+def test_a_lipschitz_network_that_would_stall_is_warned_about_by_entry(overrides: list[str], warned: list[str],
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    spec = ROOT / "search_spaces" / "lipschitz.yaml"
+    warnings = load_spec(spec, overrides).warnings()
+    assert [w.split(":")[1].strip().removeprefix("methods.") for w in warnings] == warned
+    if warned:
+        assert "use LBDN's warm-up" in warnings[0] and "or lr <= 0.001" in warnings[0]
+        assert launch([str(spec), "--dry-run", *[a for o in overrides for a in ("--set", o)]]) == 0
+        assert capsys.readouterr().err.splitlines() == warnings

@@ -215,8 +215,15 @@ def test_input_std_divides_the_centred_inputs_and_the_bound_follows() -> None:
     with torch.no_grad():
         torch.testing.assert_close(scaled(x), plain(mean + (x - mean) / 0.2))
     assert scaled.lipschitz_bound() == pytest.approx(plain.lipschitz_bound() / 0.2)
-    with pytest.raises(ConfigError, match="model.input_std: 'median' is not allowed; allowed: reference, mean, none"):
-        build_model(ModelConfig("lipconvnet", {**options, "input_std": "median"}), TINY)
+    for bad in ("median", -0.2, [0.2, 0.3], [0.0]):
+        with pytest.raises(ConfigError, match=r"model.input_std: .* is not allowed; allowed: reference, mean, none, a "
+                                              r"positive number, or a list of 1 positive numbers \(one per channel\)"):
+            build_model(ModelConfig("lipconvnet", {**options, "input_std": bad}), TINY)
+    per_channel = build_model(ModelConfig("lipconvnet", {**options, "input_std": [0.2]}), TINY).double().eval()
+    per_channel.load_state_dict(scaled.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(per_channel(x), scaled(x))
+    assert per_channel.lipschitz_bound() == pytest.approx(scaled.lipschitz_bound())
 
 
 def scaled_head(features: int, hidden: int, classes: int, scale: float, seed: int = 0) -> CurvatureHead:

@@ -12,8 +12,8 @@ from trainables.core.data import DataConfig, load_data
 from trainables.core.evaluation import AttackEval, DeepFoolEval, EvalConfig, NoiseEval
 from trainables.core.methods import build_method
 from trainables.core.models import ModelConfig
-from trainables.core.settings import RunSettings, ScheduleConfig, TrainConfig
-from trainables.core.train import fit, main
+from trainables.core.settings import TRAIN_WARNING, RunSettings, ScheduleConfig, TrainConfig
+from trainables.core.train import fit, main, stall_warning
 
 
 def settings(root: Path, epochs: int = 3, **train: object) -> RunSettings:
@@ -133,3 +133,26 @@ def test_cli_runs_one_configuration(tiny_fashion_root: Path, tmp_path: Path, cap
     assert torch.load(tmp_path / "state.pt", weights_only=True)["epoch"] == 1
     assert main([str(path), "--set", "method.lambda=-1"]) == 2
     assert "method.lambda: must be >= 0.0" in capsys.readouterr().err
+
+
+def test_a_network_that_does_not_learn_says_so_once_and_one_that_learns_never(tiny_fashion_root: Path) -> None:
+    """With lr 1e-12 the loss stays flat: epoch 3's report carries the warning (and no other
+    epoch's); at lr 3e-3 the network learns and nothing is said."""
+    config = settings(tiny_fashion_root, epochs=4)
+    config.train.lr = 1e-12
+    stalled = run(config)
+    said = [h["epoch"] for h in stalled if TRAIN_WARNING in h]
+    assert said == [3]
+    flat = stalled[2]["train_loss"]
+    assert stalled[2][TRAIN_WARNING].startswith(f"training loss flat at {flat:.3f} through epoch 3, "
+                                                "log(10) = 2.303 at chance: the network does not learn")
+    assert not any(TRAIN_WARNING in h for h in run(settings(tiny_fashion_root)))
+
+
+@pytest.mark.parametrize(("losses", "epochs", "warned"), [
+    ([2.303, 2.302, 2.301], 3, True), ([2.303, 2.2, 2.301], 3, False), ([2.671, 2.672], 2, True),
+    ([2.3], 1, False), ([2.303, 2.302], 3, False),
+])
+def test_the_stall_is_a_loss_within_one_percent_of_the_first_epochs(losses: list[float], epochs: int,
+                                                                    warned: bool) -> None:
+    assert (stall_warning(losses, epochs, 10) is not None) == warned

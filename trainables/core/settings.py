@@ -92,6 +92,7 @@ class TrainConfig:
                 f"underflow in fp16; allowed: fp32, bf16")
 
 
+TRAIN_WARNING = "train_warning"  # a report's key: the network does not learn (said once, at the epoch it is seen)
 EVAL_WARNINGS = "eval_warnings"  # a report's key: the epoch's attack-failure warnings, one string, "; " between
 
 

@@ -30,6 +30,7 @@ from trainables.core.registry import ConfigError
 from trainables.core.schema import apply_overrides, load_yaml, parse
 from trainables.core.settings import (
     EVAL_WARNINGS,
+    TRAIN_WARNING,
     RunConfig,
     RunSettings,
     TrainConfig,
@@ -225,10 +226,16 @@ def fit(
         state.restore(resume_from)
     step = Stepper(state, train)
     tell = on_phase or (lambda phase: None)
+    losses: list[float] | None = [] if state.epoch == 0 else None  # a resumed run's first epochs are behind it
     while state.epoch < train.epochs:
         tell("training")
         metrics = train_epoch(state, step, data, settings)
         state.epoch += 1
+        if losses is not None and len(losses) < STALL_EPOCHS:
+            losses.append(float(metrics["train_loss"]))
+            warning = stall_warning(losses, min(STALL_EPOCHS, train.epochs), data.info.num_classes)
+            if warning is not None:
+                metrics[TRAIN_WARNING] = warning
         tables: Tables = {}
         if settings.eval.due(state.epoch, train.epochs, settings.rungs):
             tell("evaluating")
@@ -240,6 +247,19 @@ def fit(
         if on_epoch is not None:
             on_epoch(metrics, state.snapshot, tables)
     return state.model
+
+
+STALL_EPOCHS = 3  # a network whose loss has not moved by 1 % after these epochs is not learning
+
+
+def stall_warning(losses: list[float], epochs: int, classes: int) -> str | None:
+    """The warning for a run whose training loss stayed within 1 % of its first epoch's through
+    `epochs` (>= 2) epochs, said once, at the last of them; None otherwise."""
+    if epochs < 2 or len(losses) != epochs or any(abs(loss - losses[0]) > 0.01 * abs(losses[0]) for loss in losses):
+        return None
+    chance = f", log({classes}) = {math.log(classes):.3f} at chance" if classes > 1 else ""
+    return (f"training loss flat at {losses[-1]:.3f} through epoch {epochs}{chance}: the network does not learn; "
+            "for a 1-Lipschitz network use LBDN's warm-up schedule or lr <= 0.001")
 
 
 def load_run_config(path: Path, overrides: list[str]) -> RunConfig:

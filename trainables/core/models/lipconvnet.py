@@ -49,30 +49,37 @@ class PadTo(nn.Module):
         return F.pad(x, (0, self.size - x.shape[-1], 0, self.size - x.shape[-2]))
 
 
-def input_scale(info: DatasetInfo, input_std: float | str | None) -> float:
-    """What `input_std` divides the centred inputs by."""
+def positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def input_scale(info: DatasetInfo, input_std: float | str | list[float] | None) -> float | tuple[float, ...]:
+    """What `input_std` divides the centred inputs by: one number, or one per channel."""
     if input_std == "reference":
         return reference_stats(info, SOC)[1][0] if info.name in SOC else input_scale(info, "mean")
     if input_std == "mean":
         return sum(info.std) / len(info.std)
     if input_std in ("none", None):
         return 1.0
-    if isinstance(input_std, int | float) and not isinstance(input_std, bool) and input_std > 0:
+    if positive(input_std):
         return float(input_std)
-    raise ConfigError(f"model.input_std: {input_std!r} is not allowed; "
-                      "allowed: reference, mean, none, a positive number")
+    if isinstance(input_std, list | tuple) and len(input_std) == info.shape[0] and all(map(positive, input_std)):
+        return tuple(float(v) for v in input_std)
+    raise ConfigError(f"model.input_std: {input_std!r} is not allowed; allowed: reference, mean, none, a positive "
+                      f"number, or a list of {info.shape[0]} positive numbers (one per channel)")
 
 
 @MODELS.register("lipconvnet")
 def lipconvnet(info: DatasetInfo, depth: int = 10, init_channels: int = 32, activation: str = "maxmin",
-               pool: str = "max", head: str = "plain", fast: bool = False, hidden: int = 4096,
-               train_terms: int = 6, eval_terms: int = 15, input_std: float | str = "reference") -> nn.Module:
+               pool: str = "max", head: str = "plain", fast: bool = False, hidden: int = 4096, train_terms: int = 6,
+               eval_terms: int = 15, input_std: float | str | list[float] = "reference") -> nn.Module:
     """`depth`: N in 5, 10, ..., 40; `activation`: maxmin | hh1 | hh2; `pool`: max | lip; `head`:
     plain | lln | mlp (`hidden` units); `fast`: SOC's fast-training backward; the series
     has `train_terms` terms in training and `eval_terms` in evaluation; `input_std`: the inputs,
     centred by the reference's mean, are divided by one number: `reference` (SOC's 0.2507 on
     CIFAR-10 and CIFAR-100, elsewhere as `mean`), `mean` (the mean of the data set's channel
-    stds), a positive number, or `none` (centring only). The bound gains 1 / that number."""
+    stds), a positive number, one per channel, or `none` (centring only). The bound gains 1 / the
+    smallest."""
     if depth % 5 or not 5 <= depth <= 40:
         raise ConfigError(f"model.depth: LipConvNet-N takes N in 5, 10, ..., 40, got {depth}")
     check_options("lipconvnet", info.shape, 1, {"activation": (activation, tuple(ACTIVATIONS)),
