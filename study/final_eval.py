@@ -48,6 +48,7 @@ from analysis.records import (
 )
 from analysis.verdicts import means_dominate, run_records
 from study.tracking import MAX_PARAM_LENGTH, log_latest, log_tables
+from study.writer import writer_for
 from trainables.core.data import DataBundle
 from trainables.core.evaluation import metric_warnings
 from trainables.core.settings import RunSettings, same_examples
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
     from study.stages import StudyContext
 
 ACTIVE: dict[str, FinalEvaluations] = {}  # by study folder: what the Tune callback of a (restored) search drives
+
+RECORDED_WAIT_S = 2.0  # how long a finished trial waits for its run to reach MLflow before it is queued later
 
 
 @dataclass
@@ -115,6 +118,7 @@ class FinalEvaluations:
         self.running: dict[ray.ObjectRef, Candidate] = {}
         self.settled: set[str] = set()  # trial ids evaluated or skipped
         self.skipped: set[str] = set()
+        self.unrecorded: dict[str, Trial] = {}  # finished trials whose runs are still in the tracking writer's queue
         self.points: list[Point] = []
         self.tally = Tally()
         self._data_ref: ray.ObjectRef | None = None
@@ -154,6 +158,10 @@ class FinalEvaluations:
             return
         if any(c.trial_id == trial.trial_id for c in self.running.values()):
             return
+        if not writer_for(self.study.record.tracking_uri).flush(RECORDED_WAIT_S):  # MLflow away: try again later
+            self.unrecorded[trial.trial_id] = trial
+            return
+        self.unrecorded.pop(trial.trial_id, None)
         run = child_runs(self.client, self.study.record.parent_run_id, trial.trial_id, SEARCH)[0]
         with trial.checkpoint.as_directory() as folder:
             path = Path(folder) / EVAL_TABLES / RECORDS_FILE
@@ -187,6 +195,8 @@ class FinalEvaluations:
 
     def pump(self, block: bool = False) -> None:
         """Collect finished evaluations, skip (or stop) what is now dominated, and start the next ones."""
+        for trial in list(self.unrecorded.values()):
+            self.add(trial)
         if self.running:
             ready, _ = ray.wait(list(self.running), num_returns=1, timeout=None if block else 0)
             for ref in ready:

@@ -27,8 +27,9 @@ from study.race import Race
 from study.spec import StudySpec
 from study.stages import ConfirmStage, SearchStage, StageInputs, StudyContext, run_stage
 from study.storage import SPEC_FILE, Storage, StudyRecord, check_cluster
-from study.tracking import FINISHED, KILLED, RUNNING, start_study_run, ui_links
+from study.tracking import FINISHED, KILLED, RUNNING, TrackingUnavailable, start_study_run, ui_links
 from study.tuner import check_node_resources, trial_resources
+from study.writer import limit_client_retries
 from trainables.core.data import load_data
 from trainables.core.registry import ConfigError
 from trainables.core.schema import to_dict
@@ -36,6 +37,7 @@ from trainables.core.settings import RunSettings
 from trainables.phases import open_board
 
 EXIT_INTERRUPTED = 130
+EXIT_TRACKING_AWAY = 3
 OPTUNA_FILE = "optuna.db"  # in a local --storage: every study's Optuna study, named as its folder
 
 
@@ -113,6 +115,7 @@ def run_study(spec: StudySpec, args: argparse.Namespace, prepared: Prepared) -> 
     then the confirm stage where the spec has one (and neither --no-confirm nor an unfinished
     search stops it); shuts Ray down and returns the exit status."""
     storage, resumed, tracking_uri = prepared.storage, prepared.resumed, prepared.tracking_uri
+    limit_client_retries()
     try:
         check_cluster(storage, tracking_uri)
         check_node_resources(spec)
@@ -145,6 +148,10 @@ def run_study(spec: StudySpec, args: argparse.Namespace, prepared: Prepared) -> 
             clock.lap("confirm stage")
         clock.log(client, record.parent_run_id)
         client.set_terminated(record.parent_run_id, KILLED if unfinished else FINISHED)
+    except TrackingUnavailable as err:
+        print(f"error: {err}; the trials' results are kept in {storage.uri}. Once MLflow answers, re-log them "
+              f"and go on: python -m study.launch {args.spec} --storage {args.storage} --resume", file=sys.stderr)
+        return EXIT_TRACKING_AWAY
     finally:
         ray.shutdown()
     with tempfile.TemporaryDirectory() as folder:

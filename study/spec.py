@@ -190,9 +190,16 @@ class FaultsConfig:
 
 @dataclass
 class TrackingConfig:
-    """MLflow experiment (default: the study's name); the URI comes from --tracking-uri."""
+    """MLflow experiment (default: the study's name); the URI comes from --tracking-uri.
+    `wait_s`: how long a stage's end waits for an unreachable tracking store to take the study's
+    kept writes before the study stops with exit code 3 (its results stay in Tune's storage and
+    `--resume` re-logs them)."""
 
     experiment: str | None = None
+    wait_s: float = 600.0
+
+    def check(self, path: str) -> None:
+        require(self.wait_s > 0, f"{path}.wait_s", f"must be > 0 seconds, got {self.wait_s}")
 
 
 @dataclass

@@ -153,7 +153,7 @@ def run_stage(stage: Stage, fit: bool = True) -> StageOutcome:
         tuner = stage.restore() if tune.Tuner.can_restore(stage.uri) else stage.build(tracker)
         tuner.fit()
     saved = stage.saved_trials()  # statuses as saved, before Tune's cleanup
-    unfinished = tracker.reconcile(saved) + stage.owed() - len(saved)
+    unfinished = tracker.reconcile(saved, stage.study.spec.tracking.wait_s) + stage.owed() - len(saved)
     if not unfinished:
         stage.after(saved)
     return StageOutcome(unfinished, sum(trial.status == Trial.ERROR for trial in saved))

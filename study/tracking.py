@@ -8,6 +8,7 @@ run is found again by its tag, and epochs already logged are not logged twice.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -38,11 +39,13 @@ from analysis.records import (
     SEED_TAG,
     STAGE_TAG,
     STUDY_TAG,
+    TRAIN_WARNING_TAG,
     TRIAL_TAG,
     child_runs,
 )
 from study.preflight import deleted_experiment
-from trainables.core.settings import EVAL_WARNINGS
+from study.writer import TrackingWriter, writer_for
+from trainables.core.settings import EVAL_WARNINGS, TRAIN_WARNING
 from trainables.records import write_tables
 from trainables.trial import EVAL_TABLES, FIGURES, MODEL_FILE, NODE_KEY, TrialConfig
 
@@ -153,7 +156,9 @@ class TrialTracker(tune.Callback):
 
     Run status follows the trial: RUNNING while it trains, FAILED (reason tagged) when it errors,
     RUNNING again when Tune retries it from its checkpoint, FINISHED when done, KILLED when the
-    study is interrupted before it finished.
+    study is interrupted before it finished. Every write goes through the store's writer thread
+    (study.writer), so Tune's loop never waits on MLflow; `reconcile` waits for the writes at the
+    stage's end and re-logs from Tune's result files whatever MLflow still lacks.
     """
 
     def __init__(self, tracking_uri: str, parent_run_id: str, metric_names: list[str], epochs: int,
@@ -166,9 +171,8 @@ class TrialTracker(tune.Callback):
         self.epochs = epochs
         self.stage = stage
         self.seed = seed
-        self.trial_runs: dict[str, str] = {}
-        self.logged_epochs: dict[str, int] = {}
-        self.warned: set[str] = set()  # runs whose latest evaluation raised attack-failure warnings
+        self.requested: set[str] = set()  # trials whose run this tracker has asked the writer for
+        self.warned: set[str] = set()  # trials whose latest evaluation raised attack-failure warnings
         self._client: MlflowClient | None = None
 
     @property
@@ -177,58 +181,87 @@ class TrialTracker(tune.Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "trial_runs": {}, "logged_epochs": {}, "warned": set()}
+    @property
+    def writer(self) -> TrackingWriter:
+        return writer_for(self.tracking_uri)
 
-    def run_for(self, trial: Trial) -> str:
-        """The trial's run: known, found by its tag (after a driver restart), or created."""
-        if trial.trial_id in self.trial_runs:
-            return self.trial_runs[trial.trial_id]
-        found = child_runs(self.client, self.parent_run_id, trial.trial_id, self.stage)
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "requested": set(), "warned": set()}
+
+    def key(self, trial_id: str) -> str:
+        return f"{self.parent_run_id}/{self.stage}/{self.race_round}/{trial_id}"
+
+    def ensure_run(self, trial: Trial) -> str:
+        """Ask the writer for the trial's run (found by its tag after a driver restart, else
+        created) before any write to it; returns the run's key."""
+        key = self.key(trial.trial_id)
+        if trial.trial_id not in self.requested:
+            config = TrialConfig.from_tune(trial.config, self.stage)
+            params = as_params(trial_params(trial, config))
+            self.writer.call(lambda client: self.open_run(client, trial.trial_id, config, params))
+            self.requested.add(trial.trial_id)
+        return key
+
+    def open_run(self, client: MlflowClient, trial_id: str, config: TrialConfig, params: list[Param]) -> str:
+        """The trial's run: known to the writer, found by its tag, or created (in the writer's
+        thread, or in `reconcile` for a trial this process never saw)."""
+        key, writer = self.key(trial_id), self.writer
+        if key in writer.runs:
+            return writer.runs[key]
+        found = child_runs(client, self.parent_run_id, trial_id, self.stage)
         if found:
             run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, "train_loss")
-            self.logged_epochs[run_id] = max((m.step for m in history), default=0)
+            if not found[0].data.params:  # created, then the store went away before its params were logged
+                client.log_batch(run_id, params=params)
+            history = client.get_metric_history(run_id, "train_loss")
+            writer.logged[key] = max((m.step for m in history), default=0)
         else:
-            config = TrialConfig.from_tune(trial.config, self.stage)
             searched = self.searched[config.label]
-            run = self.client.create_run(
-                self.client.get_run(self.parent_run_id).info.experiment_id,
+            run = client.create_run(
+                client.get_run(self.parent_run_id).info.experiment_id,
                 run_name=config.run_name(searched),
-                tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, METHOD_TAG: config.label,
+                tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, METHOD_TAG: config.label,
                       STAGE_TAG: config.stage, CONFIG_TAG: config.config_id(), SEED_TAG: str(config.seed_or(self.seed)),
                       SEARCHED_TAG: ",".join(searched),
                       **({ROUND_TAG: str(self.race_round)} if self.race_round else {})},
             )
             run_id = run.info.run_id
-            self.client.log_batch(run_id, params=as_params(trial_params(trial, config)))
-            self.logged_epochs[run_id] = 0
-        self.trial_runs[trial.trial_id] = run_id
+            client.log_batch(run_id, params=params)
+            writer.logged[key] = 0
+        writer.runs[key] = run_id
         return run_id
 
+    def run_for(self, trial: Trial) -> str:
+        """The trial's run id, now (at the stage's end, after the writer's queue is written)."""
+        config = TrialConfig.from_tune(trial.config, self.stage)
+        return self.open_run(self.client, trial.trial_id, config, as_params(trial_params(trial, config)))
+
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        run_id = self.run_for(trial)
-        if self.client.get_run(run_id).info.status != RUNNING:
-            self.client.update_run(run_id, status=RUNNING)
+        key = self.ensure_run(trial)
+        self.writer.call(lambda client: set_status(client, self.writer.runs.get(key), RUNNING))
 
     on_trial_restore = on_trial_start
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
-        run_id = self.run_for(trial)
-        epoch = int(result["epoch"])
-        if epoch <= self.logged_epochs[run_id]:
-            return  # re-run after a restore from an older checkpoint: that epoch is recorded
-        now = int(time.time() * 1000)
-        metrics = [Metric(name, float(result[name]), now, epoch) for name in self.metric_names if name in result]
-        tags = [RunTag(NODE_TAG, result[NODE_KEY])]
+        key = self.ensure_run(trial)
+        metrics, tags = self.report(result)
         if result.get(EVAL_WARNINGS):  # the tag holds the latest evaluation's warnings
+            self.warned.add(trial.trial_id)
+        elif "eval_time_s" in result and trial.trial_id in self.warned:
+            self.writer.call(lambda client: delete_tag(client, self.writer.runs.get(key), EVAL_WARNING_TAG))
+            self.warned.discard(trial.trial_id)
+        self.writer.log(key, metrics, tags, int(result["epoch"]))
+
+    def report(self, result: dict) -> tuple[list[Metric], list[RunTag]]:
+        """A reported result's metrics (at its epoch) and tags (its node, its evaluation's warnings)."""
+        epoch, now = int(result["epoch"]), int(result.get("timestamp", time.time()) * 1000)
+        metrics = [Metric(name, float(result[name]), now, epoch) for name in self.metric_names if name in result]
+        tags = [RunTag(NODE_TAG, str(result.get(NODE_KEY, "")))]
+        if result.get(EVAL_WARNINGS):
             tags.append(RunTag(EVAL_WARNING_TAG, result[EVAL_WARNINGS][:MAX_PARAM_LENGTH]))
-            self.warned.add(run_id)
-        elif "eval_time_s" in result and run_id in self.warned:
-            self.client.delete_tag(run_id, EVAL_WARNING_TAG)
-            self.warned.discard(run_id)
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        self.logged_epochs[run_id] = epoch
+        if result.get(TRAIN_WARNING):
+            tags.append(RunTag(TRAIN_WARNING_TAG, result[TRAIN_WARNING][:MAX_PARAM_LENGTH]))
+        return metrics, tags
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.finish(trial)
@@ -239,14 +272,19 @@ class TrialTracker(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.fail(trial)
 
-    def reconcile(self, trials: list[Trial]) -> int:
-        """Make every run's status match its trial's as last saved by Tune, also for events a
+    def reconcile(self, trials: list[Trial], wait_s: float | None = None) -> int:
+        """Wait for the writer (at most `wait_s`; TrackingUnavailable after), re-log from Tune's
+        result files the epochs MLflow lacks (writes lost to a kill or to an overflowing queue),
+        and make every run's status match its trial's as last saved by Tune, also for events a
         killed driver never saw; trials neither finished nor failed (an interrupted study) are
         KILLED. Returns how many trials are unfinished."""
+        if not self.writer.flush(wait_s):
+            raise TrackingUnavailable(self.tracking_uri, wait_s)
         self.retire_orphans({trial.trial_id for trial in trials})
         unfinished = 0
         for trial in trials:
             run_id = self.run_for(trial)
+            self.relog(trial, run_id)
             status = self.client.get_run(run_id).info.status
             if trial.status == Trial.TERMINATED:
                 if status != FINISHED:
@@ -258,7 +296,23 @@ class TrialTracker(tune.Callback):
                 unfinished += 1
                 if status == RUNNING:
                     self.client.set_terminated(run_id, KILLED)
+        if not self.writer.flush(wait_s):
+            raise TrackingUnavailable(self.tracking_uri, wait_s)
         return unfinished
+
+    def relog(self, trial: Trial, run_id: str) -> None:
+        """Log the trial's reported epochs that its run lacks, from Tune's result file."""
+        results = tune_results(trial)
+        if not results:
+            return
+        logged = {m.step for m in self.client.get_metric_history(run_id, "train_loss")}
+        missing = [r for r in results if int(r.get("epoch", 0)) not in logged and "train_loss" in r]
+        key = self.key(trial.trial_id)
+        for result in missing:
+            metrics, tags = self.report(result)
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        if missing:
+            self.writer.logged[key] = max(self.writer.logged.get(key, 0), *(int(r["epoch"]) for r in missing))
 
     def retire_orphans(self, known: set[str]) -> None:
         """Runs of this stage's trials that a killed driver started after Tune last saved its
@@ -272,19 +326,60 @@ class TrialTracker(tune.Callback):
                 self.client.delete_run(run.info.run_id)
 
     def finish(self, trial: Trial) -> None:
-        run_id = self.run_for(trial)
+        key = self.ensure_run(trial)
         full = trial.last_result.get("epoch") == self.epochs
-        self.client.set_tag(run_id, BUDGET_TAG, "full" if full else "stopped_early")
-        if trial.checkpoint is not None:
-            with trial.checkpoint.as_directory() as folder:
-                self.client.log_artifact(run_id, str(Path(folder) / MODEL_FILE), "model")
-                for extra in (FIGURES, EVAL_TABLES):
-                    if (Path(folder) / extra).is_dir():
-                        self.client.log_artifacts(run_id, str(Path(folder) / extra), extra)
-        self.client.set_terminated(run_id, FINISHED)
+        checkpoint = trial.checkpoint
+
+        def write(client: MlflowClient) -> None:
+            run_id = self.writer.runs.get(key)
+            if run_id is None:
+                return
+            client.set_tag(run_id, BUDGET_TAG, "full" if full else "stopped_early")
+            if checkpoint is not None:
+                with checkpoint.as_directory() as folder:
+                    client.log_artifact(run_id, str(Path(folder) / MODEL_FILE), "model")
+                    for extra in (FIGURES, EVAL_TABLES):
+                        if (Path(folder) / extra).is_dir():
+                            client.log_artifacts(run_id, str(Path(folder) / extra), extra)
+            client.set_terminated(run_id, FINISHED)
+
+        self.writer.call(write)
 
     def fail(self, trial: Trial) -> None:
-        run_id = self.run_for(trial)
-        self.client.set_tag(run_id, FAILURE_TAG, error_summary(trial))
-        self.client.set_tag(run_id, FAILURES_TAG, str(trial.num_failures))
-        self.client.set_terminated(run_id, FAILED)
+        key = self.ensure_run(trial)
+        summary, failures = error_summary(trial), str(trial.num_failures)
+
+        def write(client: MlflowClient) -> None:
+            run_id = self.writer.runs.get(key)
+            if run_id is not None:
+                client.log_batch(run_id, tags=[RunTag(FAILURE_TAG, summary), RunTag(FAILURES_TAG, failures)])
+                client.set_terminated(run_id, FAILED)
+
+        self.writer.call(write)
+
+
+class TrackingUnavailable(Exception):
+    """MLflow did not take the stage's writes within the wait: the trials' results are in Tune's
+    storage, and `--resume` re-logs them once the store answers."""
+
+    def __init__(self, tracking_uri: str, wait_s: float | None) -> None:
+        super().__init__(f"MLflow at {tracking_uri} has not taken the study's writes for {wait_s:.0f} s")
+
+
+def set_status(client: MlflowClient, run_id: str | None, status: str) -> None:
+    if run_id is not None and client.get_run(run_id).info.status != status:
+        client.update_run(run_id, status=status)
+
+
+def delete_tag(client: MlflowClient, run_id: str | None, key: str) -> None:
+    if run_id is not None:
+        client.delete_tag(run_id, key)
+
+
+def tune_results(trial: Trial) -> list[dict]:
+    """Every result Tune saved for `trial` (its result.json; empty where it is not on this disk)."""
+    for folder in (trial.local_path, trial.path):
+        path = Path(folder or "") / "result.json"
+        if folder and path.is_file():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return []

@@ -135,39 +135,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def mlflow_server(folder: Path, app: str | None = None) -> Iterator[str]:
+class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend (and `app`, e.g. MLflow's
     `basic-auth`, whose admin is made admin / s3cret-Tr4cking-pw), a tracking server only (no
-    GenAI job runner, as the README's recipe); yields its URI, then stops it."""
-    port = free_port()
-    log = open(folder / "mlflow-server.log", "ab")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", *(["--app-name", app] if app else [])],
-        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_FLASK_SERVER_SECRET_KEY": "robust-study-tests",
-             "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-Tr4cking-pw",
-             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # its GenAI job runner slows every request for minutes
-    )
-    uri = f"http://127.0.0.1:{port}"
+    GenAI job runner, as the README's recipe). `stop()` and `start()` again keep its port and
+    store: an outage of the same server."""
 
-    def healthy() -> bool:
+    def __init__(self, folder: Path, app: str | None = None) -> None:
+        self.folder, self.app, self.port = folder, app, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        with open(self.folder / "mlflow-server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                 f"sqlite:///{self.folder / 'mlflow.db'}", "--artifacts-destination", str(self.folder / "artifacts"),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                 *(["--app-name", self.app] if self.app else [])],
+                cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MLFLOW_FLASK_SERVER_SECRET_KEY": "robust-study-tests",
+                     "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-Tr4cking-pw",
+                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # its GenAI job runner slows every request
+            )
+        wait_until(self.healthy, 90, "the MLflow server", self.process, self.folder / "mlflow-server.log")
+        return self.uri
+
+    def healthy(self) -> bool:
         try:
-            return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
+            return urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200
         except urllib.error.HTTPError as error:
             return error.code == 401  # up, and asking for credentials
         except OSError:
             return False
 
-    try:
-        wait_until(healthy, 90, "the MLflow server", server, folder / "mlflow-server.log")
-        yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            server.wait(timeout=15)
+            self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            kill_session(server.pid)
-        log.close()
+            kill_session(self.process.pid)
+        self.process = None
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, app: str | None = None) -> Iterator[str]:
+    """A running MlflowServer for the block; yields its URI, then stops it."""
+    server = MlflowServer(folder, app)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

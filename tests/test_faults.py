@@ -1,10 +1,15 @@
-"""Faults on one machine (real local Ray, Optuna, MLflow SQLite): a NaN trial fails alone;
-Ctrl-C and a SIGKILLed driver both resume with one MLflow run per trial and each epoch once."""
+"""Faults on one machine (real local Ray, Optuna, MLflow SQLite or a real tracking server): a NaN
+trial fails alone; Ctrl-C and a SIGKILLed driver both resume with one MLflow run per trial and each
+epoch once; a tracking server that goes away for 30 s costs nothing, and one that never comes back
+ends the study with exit 3 and the command that re-logs everything once it answers."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.records import BUDGET_TAG, FAILURE_TAG, FAILURES_TAG, METHOD_TAG, ORPHAN_TAG
 from tests.helpers import (
+    MlflowServer,
     epochs_logged,
     kill_session,
     launch_command,
@@ -105,3 +111,78 @@ def test_ctrl_c_then_sigkill_then_resume_records_everything_once(tiny_fashion_ro
         for metric in ("clean_acc", "robust_acc"):  # FIFO: no rungs, so only the last epoch evaluates
             assert epochs_logged(client, run, metric) == [4], (run.info.run_name, metric)
     assert "Pareto front" in done.stdout
+
+
+def outage_spec(tiny_fashion_root: Path, **sections: dict) -> dict:
+    """A study whose trials train for about a minute, reporting every epoch."""
+    return tiny_spec(tiny_fashion_root, name="outage", data={"subset": 500, "val": 0},
+                     model={"name": "cw_cnn", "widths": [8, 8, 16, 16, 32, 32]}, train={"epochs": 8},
+                     methods={"clean": {}, "pgd_l2": {"epsilon": {"low": 0.3, "high": 2.0}, "steps": 3}},
+                     scheduler={"kind": "fifo"}, search={"num_samples": 4, "max_concurrent": 2, "seed": 0}, **sections)
+
+
+def assert_recorded_once(client: MlflowClient, epochs: int) -> None:
+    parents, children = study_runs(client, "outage")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4, "one run per trial"
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags[BUDGET_TAG] == "full", run.info.run_name
+        assert epochs_logged(client, run, "train_loss") == list(range(1, epochs + 1)), run.info.run_name
+        assert epochs_logged(client, run, "robust_acc") == [epochs], run.info.run_name
+
+
+def test_a_tracking_server_away_for_30_s_loses_nothing_and_never_holds_up_tune(tiny_fashion_root: Path,
+                                                                               tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path)
+    uri = server.start()
+    spec_path = write_spec(tmp_path, outage_spec(tiny_fashion_root))
+    log = tmp_path / "launch.log"
+    client = MlflowClient(uri)
+    driver = start_launch(spec_path, "--storage", str(tmp_path / "runs"), "--tracking-uri", uri, log=log)
+    try:
+        wait_until(lambda: any(epochs_logged(client, r) for r in study_runs(client, "outage")[1]), 300,
+                   "a first epoch", driver, log)
+        server.stop()
+        time.sleep(30)
+        server.start()
+        assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        assert_recorded_once(client, 8)
+    finally:
+        kill_session(driver.pid)
+        server.stop()
+    assert len(re.findall(r"tracking: MLflow at \S+ does not answer", text)) == 1, text[-3000:]
+    assert len(re.findall(r"tracking: MLflow at \S+ answers again after \d+ s", text)) == 1, text[-3000:]
+    slow = [float(t) for t in re.findall(r"operation took ([\d.]+) s", text)]
+    assert all(t <= 10 for t in slow), f"a Tune callback waited {max(slow)} s"
+
+
+def test_a_tracking_server_that_never_comes_back_ends_in_exit_3_and_a_command_that_relogs_once(
+        tiny_fashion_root: Path, tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path)
+    uri = server.start()
+    spec_path = write_spec(tmp_path, outage_spec(tiny_fashion_root, tracking={"wait_s": 10}))
+    log = tmp_path / "launch.log"
+    client = MlflowClient(uri)
+    driver = start_launch(spec_path, "--storage", str(tmp_path / "runs"), "--tracking-uri", uri, log=log)
+    try:
+        wait_until(lambda: any(epochs_logged(client, r) for r in study_runs(client, "outage")[1]), 300,
+                   "a first epoch", driver, log)
+        server.stop()
+        assert driver.wait(timeout=600) == 3, log.read_text()[-3000:]
+    finally:
+        kill_session(driver.pid)
+    errors = [line for line in log.read_text().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, errors
+    last = errors[0]
+    assert last.startswith(f"error: MLflow at {uri} has not taken the study's writes for 10 s"), last
+    command = last.split("go on: ", 1)[1]
+    assert command == f"python -m study.launch {spec_path} --storage {tmp_path / 'runs'} --resume"
+    server.start()
+    try:
+        done = subprocess.run([*launch_command(spec_path), *shlex.split(command)[4:]], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert_recorded_once(client, 8)
+    finally:
+        server.stop()
