@@ -1,14 +1,18 @@
 """What a researcher sees: one tiny three-objective study (clean, robust, training time), then
 its MLflow experiment (kind tag, run names, the study run's description and analysis files),
-Tune's progress table, the Optuna study in its database, and the report in a real browser."""
+Tune's progress table, the Optuna study in its database and in optuna-dashboard, and the report
+in a real browser."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import struct
 import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -18,11 +22,12 @@ from mlflow.tracking import MlflowClient
 
 from analysis.records import EXPERIMENT_KIND_TAG, NOTE_TAG, PARENT_TAG, STUDY_TAG
 from analysis.report import markdown_table
-from tests.helpers import launch_command, tiny_spec, write_spec
+from tests.helpers import ROOT, free_port, kill_session, launch_command, tiny_spec, wait_until, write_spec
 
 OBJECTIVES = [{"metric": "clean_acc", "mode": "max"}, {"metric": "robust_acc", "mode": "max"},
               {"metric": "train_time_s", "mode": "min"}]
 SAMPLES = 3
+README = ROOT / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +94,41 @@ def test_the_optuna_study_is_kept_with_every_trial(study: dict) -> None:
     assert len(kept.trials) == SAMPLES
     assert all(len(t.values) == 3 for t in kept.trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert len(kept.directions) == 3
+
+
+@pytest.mark.integration
+def test_optuna_dashboard_lists_the_study_with_every_trial_and_its_objectives(study: dict) -> None:
+    """The README's optuna-dashboard command on the study's optuna.db, asked through its HTTP API."""
+    command = next(line for line in README.read_text().splitlines() if line.startswith("optuna-dashboard "))
+    port = free_port()
+    storage = f"sqlite:///{study['folder'] / 'runs' / 'optuna.db'}"
+    arguments = shlex.split(command.replace("sqlite:///runs/optuna.db", storage).replace("8080", str(port)))
+    arguments[0] = str(Path(sys.executable).with_name("optuna-dashboard"))
+    log = study["folder"] / "dashboard.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(arguments, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                return json.loads(response.read())
+
+        def answers() -> bool:
+            try:
+                return bool(get("/api/meta"))
+            except OSError:
+                return False
+
+        wait_until(answers, 60, "optuna-dashboard", server, log)
+        summaries = get("/api/studies")["study_summaries"]
+        run_name = study["parent"].data.tags[STUDY_TAG]
+        summary = next(s for s in summaries if s["study_name"] == run_name)
+        assert summary["directions"] == ["maximize", "maximize", "minimize"]
+        detail = get(f"/api/studies/{summary['study_id']}?after=0")
+        assert len(detail["trials"]) == SAMPLES
+        finished = [t for t in detail["trials"] if t["state"] == "Complete"]
+        assert finished and all(len(t["values"]) == len(OBJECTIVES) for t in finished)
+    finally:
+        kill_session(server.pid)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
