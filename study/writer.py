@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mlflow.entities import Metric, RunTag
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 MAX_QUEUED = 200_000  # writes kept while the store is away (a few hundred bytes each)
 MAX_METRICS, MAX_TAGS = 1000, 100  # per log_batch, as MLflow accepts them
+SERVER_REQUESTS = 8  # a tracking server takes several runs' batches at once; a SQLite file one writer
 TRANSIENT = ("connection", "max retries", "timed out", "timeout", "temporarily", "database is locked",
              "503", "502", "504", "service unavailable", "bad gateway", "refused", "reset by peer")
 
@@ -62,8 +64,10 @@ class TrackingWriter:
         self.busy = False
         self.away_since: float | None = None
         self.dropped = 0
-        self.written = 0
         self.client = MlflowClient(tracking_uri)
+        parallel = SERVER_REQUESTS if tracking_uri.startswith(("http://", "https://")) else 1
+        self.pool = ThreadPoolExecutor(parallel, thread_name_prefix="mlflow-writes") if parallel > 1 else None
+        self.state = threading.Lock()  # the away / back lines, said once whichever request sees it
         self.thread = threading.Thread(target=self.loop, name="mlflow-writer", daemon=True)
         self.thread.start()
 
@@ -87,11 +91,6 @@ class TrackingWriter:
             self.queue.append(item)
             self.condition.notify_all()
 
-    @property
-    def pending(self) -> int:
-        with self.condition:
-            return len(self.queue) + self.busy
-
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued write is made; False where `timeout` seconds pass first."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -102,10 +101,6 @@ class TrackingWriter:
                     return False
                 self.condition.wait(left if left is not None else 1.0)
         return True
-
-    @property
-    def away(self) -> bool:
-        return self.away_since is not None
 
     def loop(self) -> None:
         while True:
@@ -123,15 +118,21 @@ class TrackingWriter:
                     self.condition.notify_all()
 
     def write(self, items: list[Batch | Operation]) -> None:
-        """Write `items` in order: each run of consecutive batches merged per run."""
+        """Write `items` in order: each run of consecutive batches merged per run, the runs'
+        merged batches sent side by side to a tracking server (they touch different runs)."""
         start = 0
         while start < len(items):
             if isinstance(items[start], Batch):
                 end = start
                 while end < len(items) and isinstance(items[end], Batch):
                     end += 1
-                for batch in merged([b for b in items[start:end] if self.due(b)]):
-                    self.retry(lambda client, b=batch: self.send(client, b))
+                writes = [lambda client, b=batch: self.send(client, b)
+                          for batch in merged([b for b in items[start:end] if self.due(b)])]
+                if self.pool is not None and len(writes) > 1:
+                    list(self.pool.map(self.retry, writes))
+                else:
+                    for write in writes:
+                        self.retry(write)
                 start = end
             else:
                 self.retry(items[start])
@@ -154,7 +155,7 @@ class TrackingWriter:
         tags = list({tag.key: tag for tag in batch.tags}.values())[:MAX_TAGS]  # the newest value of each tag
         for i in range(0, max(len(batch.metrics), 1), MAX_METRICS):
             client.log_batch(run_id, metrics=batch.metrics[i:i + MAX_METRICS], tags=tags if i == 0 else [])
-        self.written += 1
+
 
     def retry(self, operation: Operation) -> None:
         """Make one write, retrying while the store is away (backing off to 10 s); a write the
@@ -169,11 +170,12 @@ class TrackingWriter:
                           file=sys.stderr, flush=True)
                     self.came_back()
                     return
-                if self.away_since is None:
-                    self.away_since = time.monotonic()
-                    print(f"tracking: MLflow at {self.tracking_uri} does not answer ({type(err).__name__}); keeping "
-                          f"the study's writes ({self.pending} queued) and retrying in the background",
-                          file=sys.stderr, flush=True)
+                with self.state:
+                    if self.away_since is None:
+                        self.away_since = time.monotonic()
+                        print(f"tracking: MLflow at {self.tracking_uri} does not answer ({type(err).__name__}); "
+                              f"keeping the study's writes ({len(self.queue)} queued) and retrying in the background",
+                              file=sys.stderr, flush=True)
                 time.sleep(wait)
                 wait = min(2 * wait, 10.0)
                 continue
@@ -181,11 +183,12 @@ class TrackingWriter:
             return
 
     def came_back(self) -> None:
-        if self.away_since is not None:
-            away = time.monotonic() - self.away_since
-            print(f"tracking: MLflow at {self.tracking_uri} answers again after {away:.0f} s; writing the "
-                  f"{self.pending} kept writes", file=sys.stderr, flush=True)
-            self.away_since = None
+        with self.state:
+            if self.away_since is not None:
+                away = time.monotonic() - self.away_since
+                print(f"tracking: MLflow at {self.tracking_uri} answers again after {away:.0f} s; writing the "
+                      f"{len(self.queue)} kept writes and those in hand", file=sys.stderr, flush=True)
+                self.away_since = None
 
 
 def merged(batches: list[Batch]) -> list[Batch]:
