@@ -10,6 +10,7 @@ import yaml
 
 from study.launch import main as launch
 from study.spec import SchedulerConfig, load_spec
+from trainables.core.methods import METHODS
 from trainables.core.registry import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,24 @@ def write_spec(tmp_path: Path, **changes: object) -> Path:
 def test_shipped_specs_load(path: Path) -> None:
     spec = load_spec(path)
     assert spec.methods.methods and spec.name
+
+
+FAMILY_SPECS = {"kernel_reg": ["kernel_reg.yaml", "kernel_reg_fashion.yaml"], "sgr": ["sgr.yaml", "sgr_cifar10.yaml"],
+                "lbdn": ["lipschitz.yaml", "lipschitz_cifar10.yaml"]}
+
+
+@pytest.mark.parametrize(("family", "spec"), [(f, s) for f, specs in FAMILY_SPECS.items() for s in specs])
+def test_a_family_spec_names_every_registered_method_of_its_family(family: str, spec: str) -> None:
+    """A family's spec searches its whole family: a method registered with that family and
+    missing from the spec fails here (by itself, or as a part of a `method+constraint` entry)."""
+    registered = load_spec(ROOT / "search_spaces" / spec).methods.registered
+    named = {part for name in registered.values() for part in name.split("+")}
+    family_methods = {name for name in METHODS if family in METHODS.get(name).families}
+    assert family_methods and family_methods <= named, f"{spec} lacks {sorted(family_methods - named)}"
+
+
+def test_every_registered_method_belongs_to_a_family_with_specs() -> None:
+    assert all(set(METHODS.get(name).families) & set(FAMILY_SPECS) for name in METHODS)
 
 
 def test_quickstart_resolves_declared_and_overridden_ranges() -> None:

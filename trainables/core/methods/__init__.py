@@ -36,6 +36,7 @@ class Method:
 
     params: ClassVar[dict[str, Param]] = {}
     source: ClassVar[str] = ""
+    families: ClassVar[tuple[str, ...]] = ()  # its code bases: search_spaces/FAMILY.yaml names it
     constraint: ClassVar[bool] = False
     double_backprop: ClassVar[bool] = False  # its loss differentiates an input gradient
 

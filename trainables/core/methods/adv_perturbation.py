@@ -56,6 +56,7 @@ def perturbation_penalty(model: nn.Module, x: torch.Tensor, num_classes: int, ep
 
 @METHODS.register("adv_perturbation_penalty")
 class AdvPerturbationPenalty(Method):
+    families = ("kernel_reg",)
     params = {
         "epsilon": Param("float", 0.1, low=0.05, high=3.0, log=True, minimum=0.0, doc="l2 radius, pixel units"),
         "steps": Param("int", 5, minimum=1, doc="ascent steps"),

@@ -19,6 +19,7 @@ EPSILON = Param("float", 0.1, low=0.01, high=0.3, log=True, minimum=0.0, doc="li
 
 class AdversarialMixture(Method):
     """Subclasses craft the adversarial batch."""
+    families = ("sgr",)
 
     def adversarial(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError

@@ -12,6 +12,7 @@ from trainables.core.params import Param
 
 @METHODS.register("clean")
 class Clean(Method):
+    families = ("kernel_reg", "sgr")
     params = {
         "weight_decay": Param("float", 0.0, low=1e-6, high=1e-2, log=True, minimum=0.0,
                               doc="optimizer weight decay (L2)"),

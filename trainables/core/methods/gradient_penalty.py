@@ -32,6 +32,7 @@ def supremum_gradient_penalty(model: nn.Module, x: torch.Tensor, num_classes: in
 
 @METHODS.register("gradient_penalty")
 class GradientPenalty(Method):
+    families = ("kernel_reg",)
     double_backprop = True
     params = {"lambda": Param("float", 0.1, low=1e-3, high=10.0, log=True, minimum=0.0, doc="penalty weight")}
     source = "kernel_reg (--reg_grad): supremum gradient penalty"

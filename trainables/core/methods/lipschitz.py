@@ -26,6 +26,7 @@ def lipschitz_xent(logits: torch.Tensor, y: torch.Tensor, offset: float, tempera
 
 @METHODS.register("lipschitz")
 class LipschitzTraining(Method):
+    families = ("lbdn",)
     params = {
         "loss": Param("categorical", "xent", choices=("xent", "multimargin"), allowed=("xent", "multimargin", "mse"),
                       doc="xent, multi-class hinge, or mse (a one-output regression)"),

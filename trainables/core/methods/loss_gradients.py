@@ -24,6 +24,7 @@ def loss_and_input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) 
 
 class LossGradientPenalty(Method):
     """CE + lambda * norm(g) / n; subclasses say which norm."""
+    families = ("kernel_reg",)
 
     params = {"lambda": LAMBDA}
     double_backprop = True

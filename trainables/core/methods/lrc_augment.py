@@ -18,6 +18,7 @@ from trainables.core.params import Param
 
 @METHODS.register("lrc_augment")
 class LrcAugment(Method):
+    families = ("sgr",)
     params = {
         "zeta": Param("float", 4.0, choices=(1.0, 2.0, 4.0, 8.0, 16.0), minimum=0.01, doc="decay length, pixels"),
         "epsilon": Param("float", 2.0, low=0.25, high=8.0, log=True, minimum=0.0, doc="l2 norm of each draw"),

@@ -22,6 +22,7 @@ LOSS = Param("categorical", "ce", allowed=LOSSES,
 
 @METHODS.register("pgd_l2")
 class PgdL2(Method):
+    families = ("kernel_reg",)
     params = {
         "epsilon": Param("float", 1.0, low=0.05, high=3.0, log=True, minimum=0.0, doc="l2 radius, pixel units"),
         "steps": STEPS,
@@ -40,6 +41,7 @@ class PgdL2(Method):
 
 @METHODS.register("pgd_linf")
 class PgdLinf(Method):
+    families = ("kernel_reg",)
     params = {
         "epsilon": Param("float", 8 / 255, low=1 / 255, high=16 / 255, log=True, minimum=0.0,
                          doc="linf radius, pixel units"),

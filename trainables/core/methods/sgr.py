@@ -41,6 +41,7 @@ def quadratic_form(g: torch.Tensor, sigma_g: torch.Tensor) -> torch.Tensor:
 
 @METHODS.register("gn")
 class GradientNorm(Method):
+    families = ("sgr",)
     double_backprop = True
     params = {"lambda": LAMBDA}
     source = "sgr (GN baseline): CE + lambda/2 mean ||grad_x CE_i||^2, SGR with Sigma = I"

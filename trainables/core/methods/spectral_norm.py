@@ -35,6 +35,7 @@ CONVERGED_ITERATIONS = 500  # with a tolerance of 10 machine epsilons on sigma
 
 class SpectralControl(Method):
     """What both constraints share: the layers' input sizes and persistent power-iteration vectors."""
+    families = ("kernel_reg",)
 
     constraint = True
 
