@@ -188,6 +188,13 @@ class TrialTracker(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None, "requested": set(), "warned": set()}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A tracker saved by 0.3 (with its run and epoch caches, which the writer now holds)
+        restores as one of this version."""
+        obsolete = ("trial_runs", "logged_epochs")
+        self.__dict__.update({"requested": set(), "warned": set(),
+                              **{k: v for k, v in state.items() if k not in obsolete}})
+
     def key(self, trial_id: str) -> str:
         return f"{self.parent_run_id}/{self.stage}/{self.race_round}/{trial_id}"
 
