@@ -226,12 +226,17 @@ def test_confirm_stage_and_its_race_killed_and_resumed_record_each_configuration
     ({"top": 2}, {}, "error: confirm.seeds: required key is missing"),
     ({"seeds": [0]}, {"objectives": [{"metric": "robust_acc"}]},
      "error: confirm: confirms a clean-vs-robust front, so objectives must maximize clean_acc and a robust"),
-    ({"seeds": [0], "subset": 10 ** 6}, {}, "error: confirm.subset: data.subset/data.val: 1000000 training"),
+    ({"seeds": [0], "subset": 10 ** 6}, {}, "error: confirm.subset: 1000000 training + 100 validation examples do "
+     "not fit in the 60000 training examples of fashion_mnist"),  # by the data set's published size
+    ({"seeds": [0], "subset": 50_000}, {},  # within the published size, beyond the tiny files'
+     "error: confirm.subset: data.subset/data.val: 50000 training"),
     ({"seeds": [0, 1, 2], "max_seeds": 2}, {}, "error: confirm.max_seeds: must be at least the 3 seed(s) of confirm"),
     ({"seeds": [0, 1], "examples": 100, "max_examples": 50}, {},
      "error: confirm.max_examples: must be at least confirm.examples (100), got 50"),
     ({"seeds": [0, 1], "max_examples": 10 ** 5}, {},
-     "error: confirm.max_examples: 100000, but the test split holds 200 examples; allowed: at most 200"),
+     "error: confirm.max_examples: 100000, but the test split holds 10000 examples; allowed: at most 10000"),
+    ({"seeds": [0, 1], "max_examples": 5000}, {},  # within the published size, beyond the tiny files'
+     "error: confirm.max_examples: 5000, but the test split holds 200 examples; allowed: at most 200"),
     ({"seeds": [0, 1], "delta": -0.01}, {}, "error: confirm.delta: must be >= 0, got -0.01"),
     ({"seeds": [0, 1], "confidence": 1.0}, {}, "error: confirm.confidence: must be in (0.5, 1), got 1.0"),
     ({"seeds": [0, 1], "confidence": 0.5}, {}, "error: confirm.confidence: must be in (0.5, 1), got 0.5"),
