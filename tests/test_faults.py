@@ -131,18 +131,29 @@ def assert_recorded_once(client: MlflowClient, epochs: int) -> None:
         assert epochs_logged(client, run, "robust_acc") == [epochs], run.info.run_name
 
 
-def test_a_tracking_server_away_for_30_s_loses_nothing_and_never_holds_up_tune(tiny_fashion_root: Path,
-                                                                               tmp_path: Path) -> None:
+def stopped_after_a_first_epoch(tmp_path: Path, spec: dict) -> tuple[MlflowServer, MlflowClient, Path, Path,
+                                                                     subprocess.Popen]:
+    """A real tracking server, a study launched against it, and the server stopped once the
+    study's first epoch is in MLflow."""
     server = MlflowServer(tmp_path)
     uri = server.start()
-    spec_path = write_spec(tmp_path, outage_spec(tiny_fashion_root))
-    log = tmp_path / "launch.log"
-    client = MlflowClient(uri)
+    spec_path, log, client = write_spec(tmp_path, spec), tmp_path / "launch.log", MlflowClient(uri)
     driver = start_launch(spec_path, "--storage", str(tmp_path / "runs"), "--tracking-uri", uri, log=log)
     try:
         wait_until(lambda: any(epochs_logged(client, r) for r in study_runs(client, "outage")[1]), 300,
                    "a first epoch", driver, log)
+    except BaseException:
+        kill_session(driver.pid)
         server.stop()
+        raise
+    server.stop()
+    return server, client, spec_path, log, driver
+
+
+def test_a_tracking_server_away_for_30_s_loses_nothing_and_never_holds_up_tune(tiny_fashion_root: Path,
+                                                                               tmp_path: Path) -> None:
+    server, client, spec_path, log, driver = stopped_after_a_first_epoch(tmp_path, outage_spec(tiny_fashion_root))
+    try:
         time.sleep(30)
         server.start()
         assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
@@ -159,16 +170,10 @@ def test_a_tracking_server_away_for_30_s_loses_nothing_and_never_holds_up_tune(t
 
 def test_a_tracking_server_that_never_comes_back_ends_in_exit_3_and_a_command_that_relogs_once(
         tiny_fashion_root: Path, tmp_path: Path) -> None:
-    server = MlflowServer(tmp_path)
-    uri = server.start()
-    spec_path = write_spec(tmp_path, outage_spec(tiny_fashion_root, tracking={"wait_s": 10}))
-    log = tmp_path / "launch.log"
-    client = MlflowClient(uri)
-    driver = start_launch(spec_path, "--storage", str(tmp_path / "runs"), "--tracking-uri", uri, log=log)
+    spec = outage_spec(tiny_fashion_root, tracking={"wait_s": 10})
+    server, client, spec_path, log, driver = stopped_after_a_first_epoch(tmp_path, spec)
+    uri = server.uri
     try:
-        wait_until(lambda: any(epochs_logged(client, r) for r in study_runs(client, "outage")[1]), 300,
-                   "a first epoch", driver, log)
-        server.stop()
         assert driver.wait(timeout=600) == 3, log.read_text()[-3000:]
     finally:
         kill_session(driver.pid)
