@@ -21,6 +21,8 @@ from ray.cluster_utils import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests' helper that starts and stops a real MLflow server
+from arguments import parse_checked  # noqa: E402  (benchmarks/arguments.py)
+
 from tests.helpers import mlflow_server  # noqa: E402
 
 
@@ -61,7 +63,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--subset", type=int, default=3000)
-    args = parser.parse_args()
+    args = parse_checked(parser, positive=("trials", "epochs", "subset"))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         with mlflow_server(folder) as tracking_uri:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from arguments import parse_checked  # benchmarks/arguments.py
 
 from trainables.core.data import DataConfig, load_data
 from trainables.core.evaluation import (
@@ -119,7 +120,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--torchattacks", type=int, metavar="N",
                         help="only the comparison with torchattacks' AutoAttack, on N images")
-    args = parser.parse_args()
+    args = parse_checked(parser, positive=("examples", "epochs", "torchattacks"))
     if args.torchattacks:
         against_torchattacks(args.torchattacks, args.epochs)
         return

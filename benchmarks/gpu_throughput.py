@@ -23,6 +23,7 @@ import time
 
 import ray
 import torch
+from arguments import parse_checked  # benchmarks/arguments.py
 
 from trainables.core.data import DataBundle, DataConfig
 from trainables.core.data.cifar import CIFAR10_INFO
@@ -98,7 +99,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20000, help="training images per trial")
     parser.add_argument("--batch", type=int, default=256)
-    args = parser.parse_args()
+    args = parse_checked(parser, positive=("images", "batch"))
     if not torch.cuda.is_available():
         print("gpu_throughput: no GPU visible (torch.cuda.is_available() is False); run it on a machine with one")
         return 1

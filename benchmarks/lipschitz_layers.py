@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from arguments import parse_checked  # benchmarks/arguments.py
 from torch import nn
 
 from trainables.core.layers import LAYERS
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--features", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
+    args = parse_checked(parser, positive=("batch", "channels", "size", "features", "repeats"))
     families = ["plain", *[n for n in LAYERS if n != "plain"], "sll"]
     rows = {(family, kind): measure(family, kind, args) for family in families for kind in KINDS}
     print(f"{args.device} ({torch.get_num_threads()} threads), batch {args.batch}; conv {args.channels} -> "

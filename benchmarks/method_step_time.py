@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from arguments import parse_checked  # benchmarks/arguments.py
 
 from trainables.core.data import DatasetInfo
 from trainables.core.data.cifar import CIFAR10_INFO
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cifar", action="store_true", help="CIFAR-10 inputs (32 x 32 x 3) for any model")
     parser.add_argument("--only", help="comma-separated prefixes of the rows to time (clean always)")
-    args = parser.parse_args()
+    args = parse_checked(parser, positive=("batch", "steps"))
     info = CIFAR10_INFO if args.cifar or args.model not in ("cw_cnn", "mlp") else FASHION
     names = method_names()
     if args.only:

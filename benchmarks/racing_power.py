@@ -40,6 +40,8 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from arguments import parse_checked  # noqa: E402  (benchmarks/arguments.py)
+
 from analysis.racing import MORE_EXAMPLES, MORE_SEEDS, Costs, plan_round  # noqa: E402
 from analysis.records import CONFIRM  # noqa: E402
 from analysis.verdicts import OBJECTIVES, confirm_records, judge, record_columns  # noqa: E402
@@ -242,13 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seeds", type=int, default=6)
     parser.add_argument("--trial-seconds", type=float, default=60.0, help="a seed: training and evaluation")
     parser.add_argument("--example-seconds", type=float, default=0.05, help="one run on one example")
-    args = parser.parse_args(argv)
-    for name in ("studies", "configs", "examples", "max_examples", "max_seeds"):
-        if getattr(args, name) <= 0:
-            print(f"error: --{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}", file=sys.stderr)
-            return 2
-    if args.configs < 2 or args.max_examples < args.examples:
-        print("error: --configs: at least 2, and --max-examples at least --examples", file=sys.stderr)
+    args = parse_checked(parser, argv, positive=("studies", "configs", "examples", "max_examples", "max_seeds",
+                                                 "trial_seconds", "example_seconds"))
+    if args.configs < 2:
+        print(f"error: --configs: a race needs at least 2, got {args.configs}; allowed: 2 or more", file=sys.stderr)
+        return 2
+    if args.max_examples < args.examples:
+        print(f"error: --max-examples: {args.max_examples} is below --examples {args.examples}; "
+              "allowed: at least --examples", file=sys.stderr)
         return 2
     if args.tracking_uri and args.experiment:
         models, source = fit(args.tracking_uri, args.experiment), f"fitted to {args.experiment}'s confirm records"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from arguments import parse_checked  # benchmarks/arguments.py
 from torch import nn
 
 from trainables.core.data.cifar import CIFAR10_INFO
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--channels", type=int, default=32, help="LipConvNet init_channels and the layer's width")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_checked(parser, positive=("batch", "depth", "channels", "repeats"))
     rows = []
     for name in ("SOC layer", f"LipConvNet-{args.depth}"):
         times = {}

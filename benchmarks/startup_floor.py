@@ -16,6 +16,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from arguments import parse_checked  # benchmarks/arguments.py
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
 
@@ -86,14 +88,42 @@ UNREMOVABLE = ("Python, torch and the spec's checks", "a local Ray (ray.init)",
                "its first optimizer (torch._dynamo)")
 
 
+# N trial processes started at once, as Tune starts a study's first N trials: each its process, its
+# imports and its first optimizer; prints the seconds until the first of them is ready to train
+CONCURRENT_TRIALS = (
+    "import os\n"
+    "import ray\n"
+    "from ray.tune.execution.class_cache import DEFAULT_ENV_VARS\n"
+    "ray.init(address='local', include_dashboard=False)\n"
+    "class Trial:\n"
+    "    def ready(self):\n"
+    "        import torch\n"
+    "        import trainables.trainable\n"
+    "        torch.optim.Adam(torch.nn.Linear(2, 2).parameters())\n"
+    "        return time.time()\n"
+    "actor_class = ray.remote(num_cpus=os.cpu_count() / {n}, runtime_env={{'env_vars': DEFAULT_ENV_VARS}})(Trial)\n"
+    "t = time.time(); ready = ray.get([actor_class.remote().ready.remote() for _ in range({n})])\n"
+    "print(min(ready) - t); ray.shutdown()"
+)
+
+
+def measure_concurrent_trials(counts: tuple[int, ...], repeats: int) -> dict[int, list[float]]:
+    """Per count N, seconds from Tune's start of N trials at once to the first one's first training
+    step, less its data and model: the trial parts of the floor when N processes share the cores."""
+    return {n: [measure(CONCURRENT_TRIALS.format(n=n)) for _ in range(repeats)] for n in counts}
+
+
 def measure_parts(repeats: int) -> dict[str, list[float]]:
     """Each part's seconds in `repeats` fresh interpreters."""
     return {name: [measure(textwrap.dedent(snippet)) for _ in range(repeats)] for name, snippet in PARTS.items()}
 
 
-def floor_seconds(parts: dict[str, list[float]]) -> float:
-    """The start-up floor: the sum of the unremovable parts' medians."""
-    return sum(statistics.median(parts[name]) for name in UNREMOVABLE)
+def floor_seconds(parts: dict[str, list[float]], concurrent: list[float] | None = None) -> float:
+    """The start-up floor: the sum of the unremovable parts' medians; with `concurrent` (the times
+    of `measure_concurrent_trials` for one N), the trial's three parts are those N at once."""
+    if concurrent is None:
+        return sum(statistics.median(parts[name]) for name in UNREMOVABLE)
+    return sum(statistics.median(parts[name]) for name in UNREMOVABLE[:2]) + statistics.median(concurrent)
 
 
 def print_parts(parts: dict[str, list[float]]) -> None:
@@ -105,15 +135,22 @@ def print_parts(parts: dict[str, list[float]]) -> None:
     print(f"floor (* parts, which nothing overlaps): {floor_seconds(parts):.1f} s")
 
 
+def print_concurrent(parts: dict[str, list[float]], concurrent: dict[int, list[float]]) -> None:
+    print(f"{'trials started at once':>22} | {'to the first ready s (median)':>29} | {'floor s':>7}")
+    for n, times in concurrent.items():
+        print(f"{n:>22} | {statistics.median(times):>29.2f} | {floor_seconds(parts, times):>7.1f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    if args.repeats <= 0:
-        print(f"error: --repeats: must be > 0, got {args.repeats}", file=sys.stderr)
-        return 2
+    args = parse_checked(parser, positive=("repeats",))
     print(f"median of {args.repeats} fresh interpreters per part; Python {sys.version.split()[0]}")
-    print_parts(measure_parts(args.repeats))
+    parts = measure_parts(args.repeats)
+    print_parts(parts)
+    print("\nThe trial's parts (process, imports, first optimizer) for N trials started at once, "
+          "and the floor with them:")
+    print_concurrent(parts, measure_concurrent_trials((1, 2, 4), args.repeats))
     return 0
 
 

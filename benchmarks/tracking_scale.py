@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
+from arguments import parse_checked  # noqa: E402  (benchmarks/arguments.py)
 from mlflow.entities import Metric, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
@@ -150,12 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="trial counts for the tracking path alone (reports queued at once, no Tune)")
     parser.add_argument("--backlog", type=int, nargs="+", default=[10, 50],
                         help="reports of each trial queued at once in the tracking path alone")
-    args = parser.parse_args(argv)
-    for name, values in (("trials", args.trials), ("reports", [args.reports]), ("cpu", [args.cpu]),
-                         ("flood", args.flood), ("backlog", args.backlog)):
-        if any(v <= 0 for v in values):
-            print(f"error: --{name}: must be > 0, got {values}", file=sys.stderr)
-            return 2
+    args = parse_checked(parser, argv, positive=("trials", "reports", "cpu", "flood", "backlog"))
     limit_client_retries()
     rows, floods = [], []
     with tempfile.TemporaryDirectory() as tmp:
