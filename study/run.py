@@ -27,7 +27,15 @@ from study.race import Race
 from study.spec import StudySpec
 from study.stages import ConfirmStage, SearchStage, StageInputs, StudyContext, run_stage
 from study.storage import SPEC_FILE, Storage, StudyRecord, check_cluster
-from study.tracking import FINISHED, KILLED, RUNNING, TrackingUnavailable, start_study_run, ui_links
+from study.tracking import (
+    FINISHED,
+    KILLED,
+    RUNNING,
+    TrackingUnavailable,
+    seed_sqlite_store,
+    start_study_run,
+    ui_links,
+)
 from study.tuner import check_node_resources, trial_resources
 from study.writer import limit_client_retries
 from trainables.core.data import load_data
@@ -104,6 +112,7 @@ def open_study_stores(storage: Storage, tracking_uri: str) -> Stores:
     does not exist yet."""
     if storage.local:
         storage.fs.create_dir(storage.root, recursive=True)
+    seed_sqlite_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     client.search_experiments(max_results=1)
     optuna_db = optuna.storages.RDBStorage(f"sqlite:///{storage.path(OPTUNA_FILE)}") if storage.local else None
