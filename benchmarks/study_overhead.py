@@ -2,7 +2,8 @@
 
 For 1, 2 and 4 concurrent trials: the wall time of a study of N identical trials (Ray, Optuna,
 MLflow, checkpoints included) as a ratio to the sum of the same trials' times run bare
-(`core.fit` in this process, one after another, evaluation included), and the time from launch
+(`core.fit` in this process, one after another, evaluation included; measured before and after
+the studies, and their mean taken, since a shared machine's speed drifts), and the time from launch
 to the end of the first trial's first epoch. Then, per concurrency, where the study's wall time went:
 start-up until the study's MLflow run exists (imports, data, a local Ray, the MLflow database),
 from there to the first trial's start of training (Tune, the trial's process and imports), the
@@ -135,14 +136,17 @@ def main() -> int:
         folder = Path(tmp)
         spec_path = folder / "overhead.yaml"
         spec_path.write_text(yaml.safe_dump(spec_for(args)))
-        bare = bare_seconds(spec_path, args.trials)
+        bare_before = bare_seconds(spec_path, args.trials)
         runs = {c: study_run(spec_path, c, folder) for c in concurrencies}
+        bare_after = bare_seconds(spec_path, args.trials)  # the machine's speed drifts over a long run
+    bare = (bare_before + bare_after) / 2
     print("The start-up floor, measured in this run:")
     print_parts(floor_parts)
     print("\nThe trial's parts for N trials started at once (they share the cores), and the floor with them:")
     print_concurrent(floor_parts, trials_at_once)
     print(f"\n{args.trials} trials x {args.epochs} epochs, cw_cnn on {args.subset} Fashion-MNIST images, "
-          f"{os.cpu_count()} CPUs; bare sum of the trials' times: {bare:.1f} s")
+          f"{os.cpu_count()} CPUs; bare sum of the trials' times: {bare:.1f} s (the mean of {bare_before:.1f} s "
+          f"before the studies and {bare_after:.1f} s after them)")
     print("| concurrent | study wall s | wall / bare (target <= 1.10) | launch -> first training step s | "
           "floor s at this concurrency (target: <= floor + 2) | later trials: start -> first step s (median, max) |")
     print("|---|---|---|---|---|---|")
