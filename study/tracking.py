@@ -70,7 +70,7 @@ def seed_sqlite_store(tracking_uri: str) -> None:
     of a study's start-up on 2 cores), now once per MLflow version on a machine. The template
     holds no default experiment: MLflow adds it, with this store's artifact location, when it
     opens the copy. Where the cache cannot be written, MLflow creates the store itself."""
-    if not tracking_uri.startswith("sqlite:///"):
+    if not tracking_uri.startswith("sqlite:///") or "?" in tracking_uri:  # query options: left to MLflow
         return
     path = Path(tracking_uri.removeprefix("sqlite:///"))
     if path.exists():
