@@ -17,7 +17,9 @@ that a new result rules out is stopped.
 
 A trial's state is its run's tag (`done`, `skipped: ...`), so a study killed in the middle
 resumes with the evaluations it still owes. The rule needs the two evaluations to judge the
-same examples; where they do not, every full-budget trial is evaluated.
+same examples; where they do not, every full-budget trial is evaluated. Results and tags reach
+MLflow through the study's tracking writer (study.writer), as the trials' reports do, so the
+search's loop never waits on the store; the search's end waits for them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import math
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,21 +50,19 @@ from analysis.records import (
     child_runs,
 )
 from analysis.verdicts import means_dominate, run_records
-from study.tracking import MAX_PARAM_LENGTH, log_latest, log_tables
-from study.writer import writer_for
+from study.tracking import MAX_PARAM_LENGTH, TrackingUnavailable, log_latest, log_tables, trial_run_key
+from study.writer import TrackingWriter, writer_for
 from trainables.core.data import DataBundle
 from trainables.core.evaluation import metric_warnings
 from trainables.core.settings import RunSettings, same_examples
 from trainables.records import known_radii
 from trainables.trainable import evaluate_checkpoint
-from trainables.trial import EVAL_TABLES, RECORDS_FILE
+from trainables.trial import EVAL_TABLES, RECORDS_FILE, TrialConfig
 
 if TYPE_CHECKING:
     from study.stages import StudyContext
 
 ACTIVE: dict[str, FinalEvaluations] = {}  # by study folder: what the Tune callback of a (restored) search drives
-
-RECORDED_WAIT_S = 2.0  # how long a finished trial waits for its run to reach MLflow before it is queued later
 
 
 @dataclass
@@ -118,7 +119,7 @@ class FinalEvaluations:
         self.running: dict[ray.ObjectRef, Candidate] = {}
         self.settled: set[str] = set()  # trial ids evaluated or skipped
         self.skipped: set[str] = set()
-        self.unrecorded: dict[str, Trial] = {}  # finished trials whose runs are still in the tracking writer's queue
+        self.unrecorded: dict[str, Trial] = {}  # finished trials whose runs the tracking writer has yet to make
         self.points: list[Point] = []
         self.tally = Tally()
         self._data_ref: ray.ObjectRef | None = None
@@ -158,11 +159,11 @@ class FinalEvaluations:
             return
         if any(c.trial_id == trial.trial_id for c in self.running.values()):
             return
-        if not writer_for(self.study.record.tracking_uri).flush(RECORDED_WAIT_S):  # MLflow away: try again later
+        run_id = self.writer.runs.get(trial_run_key(self.study.record.parent_run_id, SEARCH, 0, trial.trial_id))
+        if run_id is None:  # its run is still in the writer's queue (MLflow slow or away): queued later
             self.unrecorded[trial.trial_id] = trial
             return
         self.unrecorded.pop(trial.trial_id, None)
-        run = child_runs(self.client, self.study.record.parent_run_id, trial.trial_id, SEARCH)[0]
         with trial.checkpoint.as_directory() as folder:
             path = Path(folder) / EVAL_TABLES / RECORDS_FILE
             records = pd.read_parquet(path) if path.is_file() else None
@@ -175,9 +176,9 @@ class FinalEvaluations:
             radius = known.get(norm, torch.full((split_size,), math.inf))[torch.tensor(records["index"].to_numpy())]
             bound = float((clean & (radius > eps)).double().mean())
         metrics = {k: v for k, v in trial.last_result.items() if isinstance(v, float)}
-        self.queue[trial.trial_id] = Candidate(trial.trial_id, run.info.run_id, run.data.tags.get(METHOD_TAG, ""),
-                                               trial.config, trial.checkpoint, float(clean.double().mean()), bound,
-                                               known, metrics)
+        method = TrialConfig.from_tune(trial.config, SEARCH).label
+        self.queue[trial.trial_id] = Candidate(trial.trial_id, run_id, method, trial.config, trial.checkpoint,
+                                               float(clean.double().mean()), bound, known, metrics)
 
     def dominated_by(self, candidate: Candidate) -> str | None:
         """The run whose strong point dominates the candidate's bound, where its strong evaluation
@@ -219,8 +220,15 @@ class FinalEvaluations:
                 del self.queue[candidate.trial_id]
                 self.running[self.submit(candidate)] = candidate
 
+    @property
+    def writer(self) -> TrackingWriter:
+        return writer_for(self.study.record.tracking_uri)
+
+    def tag(self, run_id: str, key: str, value: str) -> None:
+        self.writer.call(lambda client: client.set_tag(run_id, key, value))
+
     def skip(self, candidate: Candidate, winner: str) -> None:
-        self.client.set_tag(candidate.run_id, FINAL_EVAL_TAG, f"{FINAL_EVAL_SKIPPED}: dominated by {winner}")
+        self.tag(candidate.run_id, FINAL_EVAL_TAG, f"{FINAL_EVAL_SKIPPED}: dominated by {winner}")
         self.settled.add(candidate.trial_id)
         self.skipped.add(candidate.trial_id)
         self.tally.skipped += 1
@@ -251,18 +259,14 @@ class FinalEvaluations:
             result, seconds = ray.get(ref)
         except ray.exceptions.RayTaskError as err:
             message = str(err).strip().splitlines()[-1][:MAX_PARAM_LENGTH]
-            self.client.set_tag(candidate.run_id, FINAL_EVAL_TAG, f"failed: {message}")
+            self.tag(candidate.run_id, FINAL_EVAL_TAG, f"failed: {message}")
             print(f"final evaluation of run {candidate.run_id} failed: {message}", flush=True)
             return
-        with tempfile.TemporaryDirectory() as folder:
-            log_tables(self.client, candidate.run_id, result.tables, run_records(self.client, candidate.run_id, folder))
         metrics = {f"final_{k}": v for k, v in result.metrics.items()} | {"final_eval_time_s": seconds}
-        log_latest(self.client, candidate.run_id, metrics)
         messages = result.warnings + [w for w in metric_warnings({**candidate.search_metrics, **result.metrics})
                                       if w not in result.warnings]
-        if messages:
-            self.client.set_tag(candidate.run_id, EVAL_WARNING_TAG, "; ".join(messages)[:MAX_PARAM_LENGTH])
-        self.client.set_tag(candidate.run_id, FINAL_EVAL_TAG, FINAL_EVAL_DONE)
+        self.writer.call(partial(record_result, run_id=candidate.run_id, tables=result.tables, metrics=metrics,
+                                 warnings=messages))
         self.points.append(Point(candidate.run_id, candidate.method, result.metrics["clean_acc"],
                                  result.metrics.get("robust_acc", math.nan)))
         self.settled.add(candidate.trial_id)
@@ -278,10 +282,26 @@ class FinalEvaluations:
                 self.add(trial)
         while self.queue or self.running:
             self.pump(block=bool(self.running))
+        wait_s = self.study.spec.tracking.wait_s
+        if not self.writer.flush(wait_s):
+            raise TrackingUnavailable(self.study.record.tracking_uri, wait_s)
         self.tally.waited += time.monotonic() - started
         if self.tally.run or self.tally.skipped:
             print(f"final evaluation: {self.tally.run} run ({self.tally.seconds:.0f} s), {self.tally.skipped} "
                   "skipped as dominated", flush=True)
+
+
+def record_result(client: MlflowClient, run_id: str, tables: dict, metrics: dict[str, float],
+                  warnings: list[str]) -> None:
+    """A strong evaluation's result on its trial's run: its records joined into the run's, its
+    other tables, the `final_*` metrics, its warnings, and last the tag that settles it (a write
+    the store dropped half-way is made again whole: each part overwrites or joins the same)."""
+    with tempfile.TemporaryDirectory() as folder:
+        log_tables(client, run_id, tables, run_records(client, run_id, folder))
+    log_latest(client, run_id, metrics)
+    if warnings:
+        client.set_tag(run_id, EVAL_WARNING_TAG, "; ".join(warnings)[:MAX_PARAM_LENGTH])
+    client.set_tag(run_id, FINAL_EVAL_TAG, FINAL_EVAL_DONE)
 
 
 def bound_dominates(first: Candidate, second: Candidate) -> bool:

@@ -94,6 +94,11 @@ def seed_sqlite_store(tracking_uri: str) -> None:
         copy.unlink(missing_ok=True)
 
 
+def trial_run_key(parent_run_id: str, stage: str, race_round: int, trial_id: str) -> str:
+    """How the tracking writer names a trial's run (`TrackingWriter.runs` holds its id once made)."""
+    return f"{parent_run_id}/{stage}/{race_round}/{trial_id}"
+
+
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}."""
     flat = {}
@@ -235,7 +240,7 @@ class TrialTracker(tune.Callback):
                               **{k: v for k, v in state.items() if k not in obsolete}})
 
     def key(self, trial_id: str) -> str:
-        return f"{self.parent_run_id}/{self.stage}/{self.race_round}/{trial_id}"
+        return trial_run_key(self.parent_run_id, self.stage, self.race_round, trial_id)
 
     def ensure_run(self, trial: Trial) -> str:
         """Ask the writer for the trial's run (found by its tag after a driver restart, else

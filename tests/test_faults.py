@@ -16,7 +16,16 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from analysis.records import BUDGET_TAG, FAILURE_TAG, FAILURES_TAG, METHOD_TAG, ORPHAN_TAG
+from analysis.records import (
+    BUDGET_TAG,
+    FAILURE_TAG,
+    FAILURES_TAG,
+    FINAL_EVAL_DONE,
+    FINAL_EVAL_SKIPPED,
+    FINAL_EVAL_TAG,
+    METHOD_TAG,
+    ORPHAN_TAG,
+)
 from tests.helpers import (
     MlflowServer,
     epochs_logged,
@@ -121,6 +130,11 @@ def outage_spec(tiny_fashion_root: Path, **sections: dict) -> dict:
                      scheduler={"kind": "fifo"}, search={"num_samples": 4, "max_concurrent": 2, "seed": 0}, **sections)
 
 
+# several seconds for each trial, beside the search (the strong evaluation's writes go through the tracking writer)
+STRONG_EVALUATION = {"examples": 100, "items": [{"kind": "autoattack", "norm": "l2", "eps": [1.0], "version": "fast",
+                                                 "n_iter": 25}]}
+
+
 def assert_recorded_once(client: MlflowClient, epochs: int) -> None:
     parents, children = study_runs(client, "outage")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -131,17 +145,17 @@ def assert_recorded_once(client: MlflowClient, epochs: int) -> None:
         assert epochs_logged(client, run, "robust_acc") == [epochs], run.info.run_name
 
 
-def stopped_after_a_first_epoch(tmp_path: Path, spec: dict) -> tuple[MlflowServer, MlflowClient, Path, Path,
-                                                                     subprocess.Popen]:
-    """A real tracking server, a study launched against it, and the server stopped once the
-    study's first epoch is in MLflow."""
+def stopped_after_an_epoch(tmp_path: Path, spec: dict, epoch: int = 1) -> tuple[MlflowServer, MlflowClient, Path,
+                                                                                Path, subprocess.Popen]:
+    """A real tracking server, a study launched against it, and the server stopped once a trial's
+    epoch `epoch` is in MLflow."""
     server = MlflowServer(tmp_path)
     uri = server.start()
     spec_path, log, client = write_spec(tmp_path, spec), tmp_path / "launch.log", MlflowClient(uri)
     driver = start_launch(spec_path, "--storage", str(tmp_path / "runs"), "--tracking-uri", uri, log=log)
     try:
-        wait_until(lambda: any(epochs_logged(client, r) for r in study_runs(client, "outage")[1]), 300,
-                   "a first epoch", driver, log)
+        wait_until(lambda: any(epoch in epochs_logged(client, r) for r in study_runs(client, "outage")[1]), 300,
+                   f"a trial's epoch {epoch}", driver, log)
     except BaseException:
         kill_session(driver.pid)
         server.stop()
@@ -152,18 +166,28 @@ def stopped_after_a_first_epoch(tmp_path: Path, spec: dict) -> tuple[MlflowServe
 
 def test_a_tracking_server_away_for_30_s_loses_nothing_and_never_holds_up_tune(tiny_fashion_root: Path,
                                                                                tmp_path: Path) -> None:
-    server, client, spec_path, log, driver = stopped_after_a_first_epoch(tmp_path, outage_spec(tiny_fashion_root))
+    """Stopped an epoch before the first trial ends: its last epoch, its strong evaluation (several
+    seconds, queued at once although its run's last writes wait) and the other trials' epochs
+    happen while the server is away."""
+    spec = outage_spec(tiny_fashion_root, final_eval=STRONG_EVALUATION)
+    server, client, spec_path, log, driver = stopped_after_an_epoch(tmp_path, spec, epoch=5)
     try:
         time.sleep(30)
         server.start()
         assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
         text = log.read_text()
         assert_recorded_once(client, 6)
+        settled = [run.data.tags.get(FINAL_EVAL_TAG, "") for run in study_runs(client, "outage")[1]]
+        assert all(t == FINAL_EVAL_DONE or t.startswith(FINAL_EVAL_SKIPPED) for t in settled), settled
+        evaluated = [run for run in study_runs(client, "outage")[1] if run.data.tags[FINAL_EVAL_TAG] == FINAL_EVAL_DONE]
+        assert evaluated and all("final_robust_acc" in run.data.metrics for run in evaluated)
     finally:
         kill_session(driver.pid)
         server.stop()
     assert len(re.findall(r"tracking: MLflow at \S+ does not answer", text)) == 1, text[-3000:]
     assert len(re.findall(r"tracking: MLflow at \S+ answers again after \d+ s", text)) == 1, text[-3000:]
+    away = text.split("does not answer", 1)[1].split("answers again", 1)[0]
+    assert re.search(r"\| (queued for )?final eval +\|", away), "the strong evaluations wait for nothing: " + away
     slow = [float(t) for t in re.findall(r"operation took ([\d.]+) s", text)]
     assert all(t <= 10 for t in slow), f"a Tune callback waited {max(slow)} s"
 
@@ -171,7 +195,7 @@ def test_a_tracking_server_away_for_30_s_loses_nothing_and_never_holds_up_tune(t
 def test_a_tracking_server_that_never_comes_back_ends_in_exit_3_and_a_command_that_relogs_once(
         tiny_fashion_root: Path, tmp_path: Path) -> None:
     spec = outage_spec(tiny_fashion_root, tracking={"wait_s": 10})
-    server, client, spec_path, log, driver = stopped_after_a_first_epoch(tmp_path, spec)
+    server, client, spec_path, log, driver = stopped_after_an_epoch(tmp_path, spec)
     uri = server.uri
     try:
         assert driver.wait(timeout=600) == 3, log.read_text()[-3000:]
