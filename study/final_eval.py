@@ -152,7 +152,8 @@ class FinalEvaluations:
                 self.skipped.add(run.data.tags[TRIAL_TAG])
 
     def add(self, trial: Trial) -> None:
-        """Queue a finished full-budget trial (its run already logged by the stage's tracker)."""
+        """Queue a finished full-budget trial once the stage's tracker has made its run (until
+        then it waits in `unrecorded`, tried again at every step)."""
         if trial.trial_id in self.settled or trial.trial_id in self.queue or trial.checkpoint is None:
             return
         if trial.last_result.get("epoch") != self.settings.train.epochs:
