@@ -84,10 +84,12 @@ def measure(snippet: str) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-# the parts the launcher cannot remove nor overlap: their sum is the floor under launch -> first training step
-UNREMOVABLE = ("Python, torch and the spec's checks", "a local Ray (ray.init)",
-               "a trial's process (an actor with Tune's runtime env)", "its imports (torch, Tune, the trainer)",
+# the parts the launcher cannot remove nor overlap: their sum is the floor under launch -> first training step;
+# the trial's own parts are paid by every trial process Tune starts
+LAUNCHER_PARTS = ("Python, torch and the spec's checks", "a local Ray (ray.init)")
+TRIAL_PARTS = ("a trial's process (an actor with Tune's runtime env)", "its imports (torch, Tune, the trainer)",
                "its first optimizer (torch._dynamo)")
+UNREMOVABLE = LAUNCHER_PARTS + TRIAL_PARTS
 
 
 # N trial processes started at once, as Tune starts a study's first N trials: each its process, its
@@ -125,7 +127,7 @@ def floor_seconds(parts: dict[str, list[float]], concurrent: list[float] | None 
     of `measure_concurrent_trials` for one N), the trial's three parts are those N at once."""
     if concurrent is None:
         return sum(statistics.median(parts[name]) for name in UNREMOVABLE)
-    return sum(statistics.median(parts[name]) for name in UNREMOVABLE[:2]) + statistics.median(concurrent)
+    return sum(statistics.median(parts[name]) for name in LAUNCHER_PARTS) + statistics.median(concurrent)
 
 
 def print_parts(parts: dict[str, list[float]]) -> None:

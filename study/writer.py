@@ -156,7 +156,6 @@ class TrackingWriter:
         for i in range(0, max(len(batch.metrics), 1), MAX_METRICS):
             client.log_batch(run_id, metrics=batch.metrics[i:i + MAX_METRICS], tags=tags if i == 0 else [])
 
-
     def retry(self, operation: Operation) -> None:
         """Make one write, retrying while the store is away (backing off to 10 s); a write the
         store refuses for another reason is reported in one line and skipped."""
